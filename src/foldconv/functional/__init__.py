@@ -1,0 +1,3 @@
+"""Stateless forward/backward pairs: the convolution and its kin."""
+
+__all__: list[str] = []
