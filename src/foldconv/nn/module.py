@@ -287,7 +287,7 @@ class Module:
             return a
 
         for module in self.modules():
-            for name, p in module._parameters.items():
+            for p in module._parameters.values():
                 if p is None:
                     continue
                 p.data = convert(p.data)
@@ -323,9 +323,7 @@ class Sequential(Module):
         super().__init__()
         for i, m in enumerate(modules):
             if not isinstance(m, Module):
-                raise TypeError(
-                    f"modules[{i}]: expected a Module, got {type(m).__name__}"
-                )
+                raise TypeError(f"modules[{i}]: expected a Module, got {type(m).__name__}")
             self.add_module(str(i), m)
 
     def append(self, module: Module) -> Sequential:

@@ -1,0 +1,266 @@
+"""im2col (unfold) and col2im (fold), N-d, and the tiling that bounds their memory.
+
+The seed's vectorised form unfolds the padded input into X̃ of shape
+(C_in·prod(K)) x (prod(out)): column ``o`` holds the receptive field of output
+position ``o``, i.e. X̃[(c, t), o] = X_pad[c, o·stride + t·dilation]. Both directions
+are written as one strided copy (im2col) or one strided add (col2im) per kernel tap
+t, never as a scatter with repeated indices.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from foldconv._config import get_workspace_limit
+from foldconv.backend import get_array_module
+from foldconv.functional._args import (
+    as_float_array,
+    compute_dtype,
+    int_tuple,
+    parse_padding,
+)
+from foldconv.functional.padding import apply_pad
+
+
+def tap_slices(tap, out_shape, stride, dilation) -> tuple[slice, ...]:
+    """The strided window of the padded input that kernel tap ``tap`` reads."""
+    return tuple(
+        slice(t * d, t * d + (o - 1) * s + 1, s)
+        for t, o, s, d in zip(tap, out_shape, stride, dilation, strict=True)
+    )
+
+
+def im2col_into(x_pad: Any, cols: Any, kernel, stride, dilation) -> None:
+    """Write the columns of ``x_pad`` into ``cols``.
+
+    Parameters
+    ----------
+    x_pad : ndarray, shape (N, C, *S_pad)
+    cols : ndarray, shape (N, C, *K, *out)
+        Any strides: callers pass a transposed view of the buffer they want filled.
+    """
+    ndim = len(kernel)
+    out_shape = cols.shape[2 + ndim :]
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        src = x_pad[(slice(None), slice(None)) + tap_slices(tap, out_shape, stride, dilation)]
+        cols[(slice(None), slice(None)) + tap] = src
+
+
+def col2im_add(cols: Any, dx_pad: Any, kernel, stride, dilation) -> None:
+    """dx_pad += fold(cols): the adjoint of :func:`im2col_into` (one strided add per tap)."""
+    ndim = len(kernel)
+    out_shape = cols.shape[2 + ndim :]
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        dst = (slice(None), slice(None)) + tap_slices(tap, out_shape, stride, dilation)
+        dx_pad[dst] += cols[(slice(None), slice(None)) + tap]
+
+
+class Tile:
+    """A block of the output: samples [n0, n1) and a box of output positions.
+
+    ``in_box`` is the block of the padded input that the output box reads.
+    """
+
+    __slots__ = ("n0", "n1", "out_box", "in_box", "box_shape")
+
+    def __init__(self, n0, n1, out_box, kernel, stride, dilation):
+        self.n0, self.n1 = n0, n1
+        self.out_box = tuple(slice(a, b) for a, b in out_box)
+        self.in_box = tuple(
+            slice(a * s, (b - 1) * s + d * (k - 1) + 1)
+            for (a, b), k, s, d in zip(out_box, kernel, stride, dilation, strict=True)
+        )
+        self.box_shape = tuple(b - a for a, b in out_box)
+
+    @property
+    def n(self) -> int:
+        return self.n1 - self.n0
+
+    @property
+    def positions(self) -> int:
+        return self.n * math.prod(self.box_shape)
+
+
+def plan_tiles(
+    batch: int, out_shape, kernel, stride, dilation, bytes_per_position: int
+) -> Iterator[Tile]:
+    """Split (batch x output positions) into tiles whose buffers fit the workspace limit.
+
+    ``bytes_per_position`` is what one output position of one sample costs in all the
+    buffers a pass keeps (C_in·prod(K) elements per buffer). Whole samples are grouped
+    when they fit; otherwise one sample's output is cut along its leading spatial
+    dimensions, so the limit holds however large a single image is.
+    """
+    limit = get_workspace_limit()
+    max_positions = limit // max(bytes_per_position, 1)
+    if max_positions < 1:
+        raise ValueError(
+            f"workspace limit: {limit} bytes is too small for this convolution, whose "
+            f"buffers need {bytes_per_position} bytes per output position; raise it with "
+            "foldconv.set_workspace_limit()"
+        )
+    per_sample = math.prod(out_shape)
+    if per_sample == 0 or batch == 0:
+        return
+    if per_sample <= max_positions:
+        step = max(1, min(batch, max_positions // per_sample))
+        full = tuple((0, o) for o in out_shape)
+        for n0 in range(0, batch, step):
+            yield Tile(n0, min(batch, n0 + step), full, kernel, stride, dilation)
+        return
+    # One sample at a time; find the first dim whose trailing block still fits.
+    ndim = len(out_shape)
+    split = 0
+    while math.prod(out_shape[split + 1 :]) > max_positions:
+        split += 1
+    inner = math.prod(out_shape[split + 1 :])
+    step = max(1, max_positions // inner)
+    ranges = [[(i, i + 1) for i in range(out_shape[d])] for d in range(split)]
+    ranges.append([(a, min(out_shape[split], a + step)) for a in range(0, out_shape[split], step)])
+    tail = [(0, out_shape[d]) for d in range(split + 1, ndim)]
+    for n0 in range(batch):
+        for head in itertools.product(*ranges):
+            yield Tile(n0, n0 + 1, tuple(head) + tuple(tail), kernel, stride, dilation)
+
+
+def _unfold_args(x, kernel_size, dilation, padding, stride, name):
+    if isinstance(kernel_size, (tuple, list)):
+        ndim = len(kernel_size)
+        if ndim not in (1, 2, 3):
+            raise ValueError(f"kernel_size: expected 1, 2 or 3 sizes, got {kernel_size!r}")
+    else:
+        ndim = x.ndim - 2
+        if ndim not in (1, 2, 3):
+            raise ValueError(
+                f"{name}: expected a 3-d, 4-d or 5-d batched array when kernel_size is an int "
+                f"(give a tuple kernel_size for unbatched input), got shape {tuple(x.shape)}"
+            )
+    kernel = int_tuple(kernel_size, ndim, "kernel_size", minimum=1)
+    dilation = int_tuple(dilation, ndim, "dilation", minimum=1)
+    stride = int_tuple(stride, ndim, "stride", minimum=1)
+    pads = parse_padding(padding, ndim, allow_strings=False)
+    return ndim, kernel, dilation, stride, pads
+
+
+def _blocks(spatial, kernel, dilation, stride, pads, name) -> tuple[int, ...]:
+    out = []
+    for d, (n, k, dl, s, (lo, hi)) in enumerate(
+        zip(spatial, kernel, dilation, stride, pads, strict=True)
+    ):
+        extent = dl * (k - 1) + 1
+        if extent > n + lo + hi:
+            raise ValueError(
+                f"kernel_size: the kernel's extent {extent} exceeds the padded {name} size "
+                f"{n + lo + hi} in spatial dim {d}"
+            )
+        out.append((n + lo + hi - extent) // s + 1)
+    return tuple(out)
+
+
+def unfold(x: Any, kernel_size: Any, dilation: Any = 1, padding: Any = 0, stride: Any = 1):
+    """im2col: extract sliding blocks (PyTorch's ``F.unfold`` layout, for 1-d, 2-d and 3-d).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, *S) or (C, *S)
+        Unbatched input needs a tuple ``kernel_size`` (its length gives the rank).
+    kernel_size, dilation, stride : int or tuple
+    padding : int, tuple or (low, high) pairs (zeros)
+
+    Returns
+    -------
+    ndarray, shape (N, C·prod(K), L) or (C·prod(K), L)
+        Row (c, t) (channel-major, taps in row-major order), column l = output position
+        in row-major order: cols[n, (c, t), l] = x_pad[n, c, l·stride + t·dilation].
+    """
+    x = as_float_array(x, "x")
+    ndim, kernel, dilation, stride, pads = _unfold_args(
+        x, kernel_size, dilation, padding, stride, "x"
+    )
+    if x.ndim not in (ndim + 1, ndim + 2):
+        raise ValueError(
+            f"x: expected a {ndim + 2}-d (N, C, *S) or {ndim + 1}-d (C, *S) array for a "
+            f"{ndim}-d kernel_size, got shape {tuple(x.shape)}"
+        )
+    unbatched = x.ndim == ndim + 1
+    xb = x[None] if unbatched else x
+    out_shape = _blocks(xb.shape[2:], kernel, dilation, stride, pads, "input")
+    xp = get_array_module(xb)
+    dtype = x.dtype
+    x_pad = apply_pad(xb.astype(compute_dtype(dtype), copy=False), pads, "zeros")
+    n, c = xb.shape[:2]
+    cols = xp.empty((n, c) + kernel + out_shape, dtype=x_pad.dtype)
+    im2col_into(x_pad, cols, kernel, stride, dilation)
+    cols = cols.reshape(n, c * math.prod(kernel), math.prod(out_shape)).astype(dtype, copy=False)
+    return cols[0] if unbatched else cols
+
+
+def fold(
+    cols: Any,
+    output_size: Any,
+    kernel_size: Any,
+    dilation: Any = 1,
+    padding: Any = 0,
+    stride: Any = 1,
+):
+    """col2im: sum sliding blocks back into an array (PyTorch's ``F.fold``, N-d).
+
+    The adjoint of :func:`unfold`: overlapping entries are summed.
+
+    Parameters
+    ----------
+    cols : ndarray, shape (N, C·prod(K), L) or (C·prod(K), L)
+    output_size : int or tuple
+        The spatial size S of the result (its length gives the rank when a tuple).
+
+    Returns
+    -------
+    ndarray, shape (N, C, *S) or (C, *S)
+    """
+    cols = as_float_array(cols, "cols")
+    if isinstance(output_size, (tuple, list)):
+        ndim = len(output_size)
+    elif isinstance(kernel_size, (tuple, list)):
+        ndim = len(kernel_size)
+    else:
+        ndim = 2
+    if ndim not in (1, 2, 3):
+        raise ValueError(f"output_size: expected 1, 2 or 3 sizes, got {output_size!r}")
+    size = int_tuple(output_size, ndim, "output_size", minimum=1)
+    kernel = int_tuple(kernel_size, ndim, "kernel_size", minimum=1)
+    dilation = int_tuple(dilation, ndim, "dilation", minimum=1)
+    stride = int_tuple(stride, ndim, "stride", minimum=1)
+    pads = parse_padding(padding, ndim, allow_strings=False)
+    if cols.ndim not in (2, 3):
+        raise ValueError(
+            f"cols: expected a 3-d (N, C·prod(K), L) or 2-d array, got shape {tuple(cols.shape)}"
+        )
+    unbatched = cols.ndim == 2
+    cb = cols[None] if unbatched else cols
+    n, rows, length = cb.shape
+    taps = math.prod(kernel)
+    if rows % taps:
+        raise ValueError(
+            f"cols: expected a second dimension divisible by prod(kernel_size) = {taps}, "
+            f"got shape {tuple(cols.shape)}"
+        )
+    out_shape = _blocks(size, kernel, dilation, stride, pads, "output_size")
+    if math.prod(out_shape) != length:
+        raise ValueError(
+            f"output_size: {size} with kernel {kernel}, dilation {dilation}, padding {pads} "
+            f"and stride {stride} gives {math.prod(out_shape)} blocks {out_shape}, but cols "
+            f"has L = {length} columns"
+        )
+    c = rows // taps
+    xp = get_array_module(cb)
+    dtype = cols.dtype
+    padded = tuple(s + lo + hi for s, (lo, hi) in zip(size, pads, strict=True))
+    dx_pad = xp.zeros((n, c) + padded, dtype=compute_dtype(dtype))
+    view = cb.astype(dx_pad.dtype, copy=False).reshape((n, c) + kernel + out_shape)
+    col2im_add(view, dx_pad, kernel, stride, dilation)
+    inner = tuple(slice(lo, lo + s) for s, (lo, _) in zip(size, pads, strict=True))
+    out = xp.ascontiguousarray(dx_pad[(slice(None), slice(None)) + inner]).astype(dtype, copy=False)
+    return out[0] if unbatched else out
