@@ -1,5 +1,23 @@
 """Stateless forward/backward pairs: the convolution and its kin."""
 
+from foldconv.functional.activation import (
+    erf,
+    erfc,
+    gelu,
+    gelu_backward,
+    leaky_relu,
+    leaky_relu_backward,
+    log_softmax,
+    log_softmax_backward,
+    relu,
+    relu_backward,
+    sigmoid,
+    sigmoid_backward,
+    softmax,
+    softmax_backward,
+    tanh,
+    tanh_backward,
+)
 from foldconv.functional.convolution import (
     conv,
     conv1d,
@@ -9,10 +27,58 @@ from foldconv.functional.convolution import (
     conv_transpose,
     conv_transpose_backward,
 )
+from foldconv.functional.dropout import dropout, dropout_backward, dropout_mask
+from foldconv.functional.linear import flatten, flatten_backward, linear, linear_backward
+from foldconv.functional.loss import (
+    cross_entropy,
+    cross_entropy_backward,
+    mse_loss,
+    mse_loss_backward,
+)
+from foldconv.functional.lrn import local_response_norm, local_response_norm_backward
+from foldconv.functional.normalization import batch_norm, batch_norm_backward, batch_norm_forward
 from foldconv.functional.padding import pad, pad_backward
+from foldconv.functional.pooling import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool,
+    max_pool_backward,
+)
 from foldconv.functional.unfold import fold, unfold
 
 __all__: list[str] = [
+    "batch_norm",
+    "batch_norm_backward",
+    "batch_norm_forward",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "dropout",
+    "dropout_backward",
+    "dropout_mask",
+    "erf",
+    "erfc",
+    "flatten",
+    "flatten_backward",
+    "gelu",
+    "gelu_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "linear",
+    "linear_backward",
+    "log_softmax",
+    "log_softmax_backward",
+    "mse_loss",
+    "mse_loss_backward",
+    "relu",
+    "relu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "softmax",
+    "softmax_backward",
+    "tanh",
+    "tanh_backward",
     "conv",
     "conv1d",
     "conv2d",
@@ -24,4 +90,12 @@ __all__: list[str] = [
     "pad",
     "pad_backward",
     "unfold",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "local_response_norm",
+    "local_response_norm_backward",
+    "max_pool",
+    "max_pool_backward",
 ]

@@ -166,10 +166,10 @@ class ConvGeometry:
         return math.prod(self.kernel)
 
 
-def check_padding_mode(padding_mode: Any) -> str:
+def check_padding_mode(padding_mode: Any, name: str = "padding_mode") -> str:
     if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
         raise ValueError(
-            f"padding_mode: expected one of {', '.join(map(repr, PADDING_MODES))}, "
+            f"{name}: expected one of {', '.join(map(repr, PADDING_MODES))}, "
             f"got {padding_mode!r}"
         )
     return padding_mode

@@ -56,28 +56,41 @@ def conv_forward_direct(x_pad: Any, w: Any, g: ConvGeometry) -> Any:
     return y.reshape((n, g.out_channels) + g.out_shape)
 
 
-def conv_backward_direct(dy: Any, x_pad: Any, w: Any, g: ConvGeometry) -> tuple[Any, Any]:
-    """The seed's backward sums, executed as written.
-
-    dL/dW[c, k, t] = sum_{n, o} δ[n, c, o] · X_pad[n, k, o·stride + t·dilation]
-    dL/dX_pad[n, k, p] = sum_{c, o, t : o·stride + t·dilation = p} δ[n, c, o] · W[c, k, t]
+def conv_weight_grad_direct(dy: Any, x_pad: Any, g: ConvGeometry) -> Any:
+    """dL/dW[c, k, t] = sum_{n, o} δ[n, c, o] · X_pad[n, k, o·stride + t·dilation].
 
     Returns
     -------
-    (grad_x_pad, grad_weight) : shapes (N, C_in, *S_pad) and (C_out, C_in/G, *K)
+    ndarray, shape (C_out, C_in/G, *K)
     """
     xp = get_array_module(x_pad)
     n, G = g.batch, g.groups
-    wg = _grouped_weight(w, g)
     xg = x_pad.reshape((n, G, g.in_channels // G) + x_pad.shape[2:])
     dyg = dy.reshape((n, G, g.out_channels // G) + g.out_shape)
-    dxg = xp.zeros_like(xg)
-    dwg = xp.zeros_like(wg)
+    dwg = xp.zeros((G, g.out_channels // G, g.in_channels // G) + g.kernel, dtype=dy.dtype)
     for pos in _positions(g):
         d = dyg[(slice(None),) * 3 + pos]  # (N, G, Cog)
         for tap in _taps(g):
             idx = (slice(None),) * 3 + _input_index(pos, tap, g)
-            wt = (slice(None),) * 3 + tap
-            dwg[wt] += xp.einsum("ngo,ngi->goi", d, xg[idx])
-            dxg[idx] += xp.einsum("ngo,goi->ngi", d, wg[wt])
-    return dxg.reshape(x_pad.shape), dwg.reshape(w.shape)
+            dwg[(slice(None),) * 3 + tap] += xp.einsum("ngo,ngi->goi", d, xg[idx])
+    return dwg.reshape((g.out_channels, g.in_channels // G) + g.kernel)
+
+
+def conv_input_grad_direct(dy: Any, w: Any, g: ConvGeometry) -> Any:
+    """dL/dX_pad[n, k, p] = sum_{c, o, t : o·stride + t·dilation = p} δ[n, c, o] · W[c, k, t].
+
+    Returns
+    -------
+    ndarray, shape (N, C_in, *S_pad)
+    """
+    xp = get_array_module(dy)
+    n, G = g.batch, g.groups
+    wg = _grouped_weight(w, g)
+    dyg = dy.reshape((n, G, g.out_channels // G) + g.out_shape)
+    dxg = xp.zeros((n, G, g.in_channels // G) + g.padded_shape, dtype=dy.dtype)
+    for pos in _positions(g):
+        d = dyg[(slice(None),) * 3 + pos]  # (N, G, Cog)
+        for tap in _taps(g):
+            idx = (slice(None),) * 3 + _input_index(pos, tap, g)
+            dxg[idx] += xp.einsum("ngo,goi->ngi", d, wg[(slice(None),) * 3 + tap])
+    return dxg.reshape((n, g.in_channels) + g.padded_shape)

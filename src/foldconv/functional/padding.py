@@ -18,6 +18,7 @@ from foldconv.functional._args import (
     as_float_array,
     check_mode_fits,
     check_padding_mode,
+    compute_dtype,
     parse_padding,
 )
 
@@ -100,7 +101,7 @@ def _check_pad_args(x: Any, padding: Any, mode: Any, name: str) -> tuple[Pads, s
         if not hasattr(p, "__len__") or len(p) != 2:
             raise ValueError(f"padding: expected (low, high) pairs, got {padding!r}")
     pads = parse_padding(padding, ndim, allow_strings=False)
-    return pads, check_padding_mode(mode)
+    return pads, check_padding_mode(mode, "mode")
 
 
 def pad(x: Any, padding: Any, mode: str = "zeros") -> Any:
@@ -161,4 +162,6 @@ def pad_backward(grad_output: Any, input_shape: Any, padding: Any, mode: str = "
         check_mode_fits(pads, input_shape[-k:], mode)
     if all(lo == 0 and hi == 0 for lo, hi in pads):
         return grad_output.copy()
-    return pad_adjoint(grad_output, input_shape[-k:], pads, mode)
+    # float16 sums its border contributions in float32, as every kernel here does.
+    g = grad_output.astype(compute_dtype(grad_output.dtype), copy=False)
+    return pad_adjoint(g, input_shape[-k:], pads, mode).astype(grad_output.dtype, copy=False)

@@ -34,7 +34,11 @@ def tap_slices(tap, out_shape, stride, dilation) -> tuple[slice, ...]:
 
 
 def im2col_into(x_pad: Any, cols: Any, kernel, stride, dilation) -> None:
-    """Write the columns of ``x_pad`` into ``cols``.
+    """Write the columns of ``x_pad`` into ``cols``: one strided copy.
+
+    A view of ``x_pad`` with shape (N, C, *K, *out) and strides
+    (s_N, s_C, *(s_d·dilation_d), *(s_d·stride_d)) holds every receptive field without
+    copying; a single copy then moves it into the buffer in the buffer's order.
 
     Parameters
     ----------
@@ -42,11 +46,18 @@ def im2col_into(x_pad: Any, cols: Any, kernel, stride, dilation) -> None:
     cols : ndarray, shape (N, C, *K, *out)
         Any strides: callers pass a transposed view of the buffer they want filled.
     """
+    xp = get_array_module(x_pad)
     ndim = len(kernel)
     out_shape = cols.shape[2 + ndim :]
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        src = x_pad[(slice(None), slice(None)) + tap_slices(tap, out_shape, stride, dilation)]
-        cols[(slice(None), slice(None)) + tap] = src
+    sp = x_pad.strides[2:]
+    window = xp.lib.stride_tricks.as_strided(
+        x_pad,
+        shape=x_pad.shape[:2] + tuple(kernel) + tuple(out_shape),
+        strides=x_pad.strides[:2]
+        + tuple(s * d for s, d in zip(sp, dilation, strict=True))
+        + tuple(s * t for s, t in zip(sp, stride, strict=True)),
+    )
+    cols[...] = window
 
 
 def col2im_add(cols: Any, dx_pad: Any, kernel, stride, dilation) -> None:

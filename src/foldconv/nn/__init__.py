@@ -1,5 +1,7 @@
 """Layers holding parameters, each with a hand-written backward pass."""
 
+from foldconv.nn.activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from foldconv.nn.container import Residual
 from foldconv.nn.conv import (
     Conv1d,
     Conv2d,
@@ -8,10 +10,31 @@ from foldconv.nn.conv import (
     ConvTranspose2d,
     ConvTranspose3d,
 )
+from foldconv.nn.dropout import Dropout
 from foldconv.nn.init import manual_seed
+from foldconv.nn.linear import Flatten, Linear
+from foldconv.nn.loss import CrossEntropyLoss, MSELoss
+from foldconv.nn.lrn import LocalResponseNorm
 from foldconv.nn.module import Module, Parameter, Sequential
+from foldconv.nn.normalization import BatchNorm1d, BatchNorm2d
+from foldconv.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool1d, MaxPool2d, MaxPool3d
 
 __all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "CrossEntropyLoss",
+    "Dropout",
+    "Flatten",
+    "GELU",
+    "LeakyReLU",
+    "Linear",
+    "LogSoftmax",
+    "MSELoss",
+    "ReLU",
+    "Residual",
+    "Sigmoid",
+    "Softmax",
+    "Tanh",
     "Conv1d",
     "Conv2d",
     "Conv3d",
@@ -22,4 +45,10 @@ __all__ = [
     "Parameter",
     "Sequential",
     "manual_seed",
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
+    "LocalResponseNorm",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
 ]

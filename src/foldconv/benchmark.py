@@ -1,0 +1,239 @@
+"""The convolution benchmark suite: foldconv against PyTorch, interleaved in one run.
+
+Used by ``foldconv bench`` and ``bench/bench_conv.py``. PyTorch is optional: without
+it only foldconv's times are printed. Times are medians of repeated runs; each
+repetition times ours and PyTorch's back to back so that both see the same load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    batch: int
+    in_channels: int
+    out_channels: int
+    size: tuple[int, ...]
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    groups: int = 1
+
+    @property
+    def ndim(self) -> int:
+        return len(self.size)
+
+    def out_size(self) -> tuple[int, ...]:
+        k = self.dilation * (self.kernel - 1) + 1
+        return tuple((s + 2 * self.padding - k) // self.stride + 1 for s in self.size)
+
+    def forward_flops(self) -> float:
+        """2 · N · C_out · prod(out) · (C_in/groups) · prod(K) multiply-adds."""
+        return (
+            2.0
+            * self.batch
+            * self.out_channels
+            * math.prod(self.out_size())
+            * (self.in_channels // self.groups)
+            * self.kernel**self.ndim
+        )
+
+
+# The CPU suite of shared/docs/bench-suite.md.
+CPU_SUITE = (
+    Layer("lenet_c1", 64, 1, 6, (28, 28), 5, 1, 2),
+    Layer("lenet_c2", 64, 6, 16, (14, 14), 5),
+    Layer("alexnet_c1", 16, 3, 96, (227, 227), 11, 4),
+    Layer("alexnet_c2_g2", 16, 96, 256, (27, 27), 5, 1, 2, 1, 2),
+    Layer("alexnet_c3", 16, 256, 384, (13, 13), 3, 1, 1),
+    Layer("vgg_c3", 8, 256, 256, (56, 56), 3, 1, 1),
+    Layer("resnet_1x1", 16, 256, 64, (56, 56), 1),
+    Layer("resnet_s2", 16, 128, 128, (28, 28), 3, 2, 1),
+    Layer("depthwise", 16, 32, 32, (112, 112), 3, 1, 1, 1, 32),
+    Layer("dilated", 8, 64, 64, (64, 64), 3, 1, 2, 2),
+)
+
+
+def _median_time(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _interleaved(fns: dict[str, Callable[[], Any]], min_reps: int, budget_s: float) -> dict:
+    """Median seconds of each callable, timed round-robin after one warm-up each."""
+    for fn in fns.values():
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    reps = 0
+    while reps < min_reps or (time.perf_counter() - start < budget_s and reps < 200):
+        for key, fn in fns.items():
+            samples[key].append(_median_time(fn))
+        reps += 1
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def bench_layer(layer: Layer, *, min_reps: int = 5, budget_s: float = 2.0, seed: int = 0) -> dict:
+    """Time forward and forward+backward of one layer, ours and (if installed) PyTorch's."""
+    from foldconv.functional import conv, conv_backward
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((layer.batch, layer.in_channels) + layer.size, dtype=np.float32)
+    w_shape = (layer.out_channels, layer.in_channels // layer.groups) + (layer.kernel,) * layer.ndim
+    w = (rng.standard_normal(w_shape) * 0.1).astype(np.float32)
+    b = rng.standard_normal(layer.out_channels).astype(np.float32)
+    gy = rng.standard_normal((layer.batch, layer.out_channels) + layer.out_size()).astype(
+        np.float32
+    )
+    opts = dict(
+        stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups
+    )
+
+    def ours_fwd():
+        return conv(x, w, b, **opts)
+
+    def ours_fwd_bwd():
+        conv(x, w, b, **opts)
+        return conv_backward(gy, x, w, **opts)
+
+    fns = {"ours_fwd": ours_fwd, "ours_fwd_bwd": ours_fwd_bwd}
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(int(os.environ.get("FOLDCONV_BENCH_THREADS", "2")))
+        conv_t = {
+            1: torch.nn.functional.conv1d,
+            2: torch.nn.functional.conv2d,
+            3: torch.nn.functional.conv3d,
+        }[layer.ndim]
+        xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
+        gyt = torch.from_numpy(gy)
+        xg = xt.clone().requires_grad_(True)
+        wg = wt.clone().requires_grad_(True)
+        bg = bt.clone().requires_grad_(True)
+
+        def torch_fwd():
+            with torch.no_grad():
+                return conv_t(xt, wt, bt, **opts)
+
+        def torch_fwd_bwd():
+            xg.grad = wg.grad = bg.grad = None
+            y = conv_t(xg, wg, bg, **opts)
+            y.backward(gyt)
+
+        fns.update(torch_fwd=torch_fwd, torch_fwd_bwd=torch_fwd_bwd)
+    t = _interleaved(fns, min_reps, budget_s)
+    flops = layer.forward_flops()
+    row = {
+        "name": layer.name,
+        "layer": asdict(layer),
+        "ours_fwd_ms": t["ours_fwd"] * 1e3,
+        "ours_fwd_bwd_ms": t["ours_fwd_bwd"] * 1e3,
+        "ours_fwd_gflops": flops / t["ours_fwd"] / 1e9,
+        "ours_fwd_bwd_gflops": 3 * flops / t["ours_fwd_bwd"] / 1e9,
+    }
+    if torch is not None:
+        row.update(
+            torch_fwd_ms=t["torch_fwd"] * 1e3,
+            torch_fwd_bwd_ms=t["torch_fwd_bwd"] * 1e3,
+            ratio_fwd=t["ours_fwd"] / t["torch_fwd"],
+            ratio_fwd_bwd=t["ours_fwd_bwd"] / t["torch_fwd_bwd"],
+        )
+    return row
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def machine_info() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg.get("Build Dependencies", {}).get("blas", {})
+        info["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception:
+        pass
+    torch = _torch()
+    if torch is not None:
+        info["torch"] = torch.__version__
+    return info
+
+
+def format_table(rows: list[dict]) -> str:
+    has_torch = all("torch_fwd_ms" in r for r in rows)
+    head = ["layer", "ours fwd ms", "ours f+b ms", "ours f+b GFLOP/s"]
+    if has_torch:
+        head[2:2] = ["torch fwd ms", "fwd ratio"]
+        head[5:5] = ["torch f+b ms", "f+b ratio"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["name"], f"{r['ours_fwd_ms']:.2f}"]
+        if has_torch:
+            cells += [f"{r['torch_fwd_ms']:.2f}", f"{r['ratio_fwd']:.2f}"]
+        cells.append(f"{r['ours_fwd_bwd_ms']:.2f}")
+        if has_torch:
+            cells += [f"{r['torch_fwd_bwd_ms']:.2f}", f"{r['ratio_fwd_bwd']:.2f}"]
+        cells.append(f"{r['ours_fwd_bwd_gflops']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if has_torch and rows:
+        g_f = geomean([r["ratio_fwd"] for r in rows])
+        g_fb = geomean([r["ratio_fwd_bwd"] for r in rows])
+        lines.append(f"| geometric mean | | | {g_f:.2f} | | | {g_fb:.2f} | |")
+    return "\n".join(lines)
+
+
+def run(
+    layers,
+    *,
+    min_reps: int = 5,
+    budget_s: float = 2.0,
+    as_json: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> str:
+    rows = []
+    for layer in layers:
+        if progress:
+            progress(f"benchmarking {layer.name} ...")
+        rows.append(bench_layer(layer, min_reps=min_reps, budget_s=budget_s))
+    if as_json:
+        return json.dumps({"machine": machine_info(), "rows": rows}, indent=2)
+    info = machine_info()
+    header = ", ".join(f"{k}: {v}" for k, v in info.items())
+    return f"{header}\n\n{format_table(rows)}"

@@ -1,0 +1,249 @@
+"""Choosing an algorithm for each pass of a convolution, and running it.
+
+Passes: ``forward`` (eq. F), ``input_grad`` (eq. BX / BX') and ``weight_grad``
+(eq. BW). Algorithms:
+
+- ``direct``: the seed's sums (a reference, slow);
+- ``im2col``: unfold + GEMM (every geometry); a stride-1 1x1 layer skips the unfold;
+- ``full_conv``: input gradient only, the full convolution of δ with the flipped kernel,
+  itself run by im2col (every geometry);
+- ``winograd``: F(2x2, 3x3) in float32 (F(4x4, 3x3) in float64), 2-d 3x3 stride-1
+  layers (any dilation, any groups); input gradient as a Winograd full convolution;
+- ``depthwise``: direct per-tap passes for groups == C_in.
+
+``auto`` asks the autotuner when :func:`set_benchmark` is on (each candidate is timed
+once per geometry, dtype and pass, and the fastest is cached, as cuDNN's benchmark mode
+does); otherwise it uses a cost model calibrated on the CPU benchmark suite
+(BENCHMARKS.md gives the measurements behind each rule).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from foldconv.backend import get_array_module
+from foldconv.functional import depthwise, im2col, winograd
+from foldconv.functional._args import ConvGeometry
+from foldconv.functional.direct import (
+    conv_forward_direct,
+    conv_input_grad_direct,
+    conv_weight_grad_direct,
+)
+
+PASSES = ("forward", "input_grad", "weight_grad")
+
+_benchmark = False
+_tuned: dict[tuple, str] = {}
+_lock = threading.Lock()
+
+
+def set_benchmark(enabled: bool) -> bool:
+    """Turn the autotuner on or off; returns the previous setting.
+
+    When on, the first ``auto`` call of a pass for a new geometry and dtype times every
+    algorithm that supports it and caches the fastest for later calls.
+    """
+    global _benchmark
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+    previous, _benchmark = _benchmark, enabled
+    return previous
+
+
+def get_benchmark() -> bool:
+    return _benchmark
+
+
+def clear_benchmark_cache() -> None:
+    with _lock:
+        _tuned.clear()
+
+
+def tuned_algorithms() -> dict[tuple, str]:
+    """A copy of the autotuner's cache: (pass, geometry, dtype) -> algorithm."""
+    with _lock:
+        return dict(_tuned)
+
+
+def _winograd_m(dtype: Any) -> int:
+    # F(4x4, 3x3) in float32 gives relative errors up to ~2e-5 against a float64
+    # reference (measured, BENCHMARKS.md), over the 1e-5 we promise; F(2x2, 3x3) stays
+    # under 1e-6. In float64 F(4x4) errs by ~3e-14.
+    return 4 if dtype.itemsize >= 8 else 2
+
+
+def _flip_geometry(g: ConvGeometry) -> ConvGeometry:
+    """The stride-1 convolution that computes eq. BX' (see :func:`full_conv_input_grad`)."""
+    nd = g.ndim
+    spread = tuple((o - 1) * s + 1 for o, s in zip(g.out_shape, g.stride, strict=True))
+    lows = tuple(d * (k - 1) for d, k in zip(g.dilation, g.kernel, strict=True))
+    highs = tuple(
+        p - (o - 1) * s - 1 for p, o, s in zip(g.padded_shape, g.out_shape, g.stride, strict=True)
+    )
+    return ConvGeometry(
+        batch=g.batch,
+        in_channels=g.out_channels,
+        out_channels=g.in_channels,
+        groups=g.groups,
+        in_shape=spread,
+        kernel=g.kernel,
+        stride=(1,) * nd,
+        dilation=g.dilation,
+        pads=tuple(zip(lows, highs, strict=True)),
+        out_shape=g.padded_shape,
+    )
+
+
+def full_conv_input_grad(dy: Any, w: Any, g: ConvGeometry, forward: Callable | None = None):
+    """Eq. BX': the input gradient as a full convolution of δ with the flipped kernel.
+
+    dX_pad[k, p] = Σ_{c, t} δ_s[c, p - t·dilation] · W[c, k, t], where δ_s is δ with
+    stride-1 zeros between its entries. Zero-padding δ_s by dilation·(K-1) below (and up
+    to the padded input's size above) makes this a stride-1 convolution with the kernel
+    W_flip[k, c, t] = W[c, k, K-1-t] (channels swapped within each group).
+
+    Returns
+    -------
+    ndarray, shape (N, C_in, *S_pad)
+    """
+    xp = get_array_module(dy)
+    f = _flip_geometry(g)
+    nd, G = g.ndim, g.groups
+    cog, cig = g.out_channels // G, g.in_channels // G
+    full_shape = f.padded_shape
+    dy_full = xp.zeros((g.batch, g.out_channels) + full_shape, dtype=dy.dtype)
+    dst = tuple(
+        slice(lo, lo + sp, s) for (lo, _), sp, s in zip(f.pads, f.in_shape, g.stride, strict=True)
+    )
+    dy_full[(slice(None), slice(None)) + dst] = dy
+    w_flip = w.reshape((G, cog, cig) + g.kernel).swapaxes(1, 2)
+    w_flip = w_flip[(slice(None),) * 3 + (slice(None, None, -1),) * nd]
+    w_flip = xp.ascontiguousarray(w_flip).reshape((g.in_channels, cog) + g.kernel)
+    unpadded = ConvGeometry(
+        batch=f.batch,
+        in_channels=f.in_channels,
+        out_channels=f.out_channels,
+        groups=f.groups,
+        in_shape=full_shape,
+        kernel=f.kernel,
+        stride=f.stride,
+        dilation=f.dilation,
+        pads=((0, 0),) * nd,
+        out_shape=f.out_shape,
+    )
+    return (forward or im2col.forward)(dy_full, w_flip, unpadded)
+
+
+def _winograd_forward(x_pad, w, g):
+    return winograd.forward(x_pad, w, g, _winograd_m(x_pad.dtype))
+
+
+def _winograd_input_grad(dy, w, g):
+    return full_conv_input_grad(dy, w, g, forward=_winograd_forward)
+
+
+# pass -> algorithm -> (supports(g, dtype), kernel)
+_KERNELS: dict[str, dict[str, tuple[Callable, Callable]]] = {
+    "forward": {
+        "direct": (lambda g, dt: True, conv_forward_direct),
+        "im2col": (lambda g, dt: True, im2col.forward),
+        "winograd": (
+            lambda g, dt: winograd.supports(g) and winograd.fits(g, _winograd_m(dt), dt.itemsize),
+            _winograd_forward,
+        ),
+        "depthwise": (lambda g, dt: depthwise.supports(g), depthwise.forward),
+    },
+    "input_grad": {
+        "direct": (lambda g, dt: True, conv_input_grad_direct),
+        "im2col": (lambda g, dt: True, im2col.input_grad),
+        "full_conv": (lambda g, dt: True, full_conv_input_grad),
+        "winograd": (
+            lambda g, dt: (
+                winograd.supports(g)
+                and winograd.fits(_flip_geometry(g), _winograd_m(dt), dt.itemsize)
+            ),
+            _winograd_input_grad,
+        ),
+        "depthwise": (lambda g, dt: depthwise.supports(g), depthwise.input_grad),
+    },
+    "weight_grad": {
+        "direct": (lambda g, dt: True, conv_weight_grad_direct),
+        "im2col": (lambda g, dt: True, im2col.weight_grad),
+        "depthwise": (lambda g, dt: depthwise.supports(g), depthwise.weight_grad),
+    },
+}
+
+# What an explicitly requested algorithm means for a pass it has no kernel for.
+_FALLBACK = {"full_conv": "im2col", "winograd": "im2col"}
+
+
+def candidates(pass_: str, g: ConvGeometry, dtype: Any) -> list[str]:
+    """The algorithms that can run this pass (``direct`` excluded: it is a reference)."""
+    return [name for name, (ok, _) in _KERNELS[pass_].items() if name != "direct" and ok(g, dtype)]
+
+
+def cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
+    """The algorithm ``auto`` uses without the autotuner (rules measured on the suite)."""
+    options = candidates(pass_, g, dtype)
+    if "depthwise" in options:
+        return "depthwise"
+    if "winograd" in options:
+        # Winograd pays off once the GEMMs are large enough to amortise its transforms.
+        cin, cout = g.in_channels // g.groups, g.out_channels // g.groups
+        if min(cin, cout) >= 32 and min(g.out_shape) >= 8:
+            return "winograd"
+    return "im2col"
+
+
+def _key(pass_: str, g: ConvGeometry, dtype: Any, xp: Any) -> tuple:
+    return (pass_, g, str(dtype), xp.__name__)
+
+
+def _autotune(pass_: str, g: ConvGeometry, dtype: Any, xp: Any, args: tuple) -> str:
+    key = _key(pass_, g, dtype, xp)
+    with _lock:
+        if key in _tuned:
+            return _tuned[key]
+    best, best_t = "im2col", float("inf")
+    for name in candidates(pass_, g, dtype):
+        fn = _KERNELS[pass_][name][1]
+        t0 = time.perf_counter()
+        fn(*args, g)
+        if xp.__name__ != "numpy":
+            xp.cuda.get_current_stream().synchronize()
+        elapsed = time.perf_counter() - t0
+        if elapsed < best_t:
+            best, best_t = name, elapsed
+    with _lock:
+        _tuned[key] = best
+    return best
+
+
+def select(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str, xp: Any, args: tuple) -> str:
+    """The algorithm that will run ``pass_`` for ``algorithm`` ('auto' or a name)."""
+    if algorithm == "auto":
+        if _benchmark:
+            return _autotune(pass_, g, dtype, xp, args)
+        return cost_model(pass_, g, dtype)
+    table = _KERNELS[pass_]
+    name = algorithm if algorithm in table else _FALLBACK.get(algorithm, algorithm)
+    if name not in table:
+        raise ValueError(f"algorithm: {algorithm!r} has no kernel for the {pass_} pass")
+    if not table[name][0](g, dtype):
+        raise ValueError(
+            f"algorithm: {algorithm!r} does not support this convolution (kernel {g.kernel}, "
+            f"stride {g.stride}, groups {g.groups}, in_channels {g.in_channels}); "
+            "use 'auto' or 'im2col'"
+        )
+    return name
+
+
+def run(pass_: str, algorithm: str, g: ConvGeometry, *args: Any) -> Any:
+    """Run one pass: forward(x_pad, w), input_grad(dy, w) or weight_grad(dy, x_pad)."""
+    xp = get_array_module(*args)
+    dtype = args[0].dtype
+    name = select(pass_, g, dtype, algorithm, xp, args)
+    return _KERNELS[pass_][name][1](*args, g)

@@ -1,0 +1,230 @@
+"""The unfold + GEMM kernels of the convolution (eqs. F, BW and BX of convolution.py).
+
+Each pass walks the output in tiles (:func:`~foldconv.functional.unfold.plan_tiles`)
+whose column buffer fits the workspace limit, and reuses one scratch buffer per
+thread across tiles and calls (first touch of fresh pages costs more than the copy).
+
+Two buffer layouts, chosen per geometry:
+
+``sample``: cols (n, C_in, *K, *P), one GEMM per sample and group. The forward's
+  GEMM writes straight into the output (N, C_out, *P), the input gradient's columns are
+  read in order by col2im, and a stride-1 1x1 convolution needs no copy at all (its
+  columns *are* the input). Best when one sample has many output positions.
+``batch``: cols (C_in, *K, n, *P), one GEMM per group over n·P columns. Best when
+  each sample has few positions (LeNet, AlexNet's 13x13 layers), where per-sample
+  GEMMs would be too small to run at the BLAS rate.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+from foldconv.backend import get_array_module
+from foldconv.functional._args import ConvGeometry
+from foldconv.functional.unfold import Tile, col2im_add, im2col_into, plan_tiles
+
+# Per-sample GEMMs run near the BLAS rate from about this many output positions on
+# (measured on the CPU suite: 13x13 = 169 positions is better batched, 28x28 is not).
+SAMPLE_LAYOUT_MIN_POSITIONS = 400
+
+_local = threading.local()
+
+
+def scratch(n: int, dtype: Any, xp: Any) -> Any:
+    """A flat scratch array of at least ``n`` elements, reused across calls per thread.
+
+    Its size is bounded by the tiles, hence by the workspace limit. With CuPy the
+    memory pool already recycles blocks, so a fresh array is returned.
+    """
+    if xp.__name__ != "numpy":
+        return xp.empty(n, dtype=dtype)
+    cache = getattr(_local, "buffers", None)
+    if cache is None:
+        cache = _local.buffers = {}
+    key = xp.dtype(dtype).str
+    buf = cache.get(key)
+    if buf is None or buf.size < n:
+        cache.pop(key, None)  # release the old one before allocating the new one
+        buf = cache[key] = xp.empty(n, dtype=dtype)
+    return buf[:n]
+
+
+def release_scratch() -> None:
+    """Free this thread's cached scratch buffers."""
+    _local.buffers = {}
+
+
+def choose_layout(g: ConvGeometry) -> str:
+    return "sample" if math.prod(g.out_shape) >= SAMPLE_LAYOUT_MIN_POSITIONS else "batch"
+
+
+def _is_pointwise(g: ConvGeometry) -> bool:
+    """A 1x1, stride-1, unpadded convolution: its columns are the input itself."""
+    return (
+        all(k == 1 for k in g.kernel)
+        and all(s == 1 for s in g.stride)
+        and all(lo == 0 and hi == 0 for lo, hi in g.pads)
+    )
+
+
+def _tiles(g: ConvGeometry, itemsize: int) -> list[Tile]:
+    per_position = 0 if _is_pointwise(g) else g.in_channels * g.kernel_size * itemsize
+    return list(
+        plan_tiles(g.batch, g.out_shape, g.kernel, g.stride, g.dilation, max(per_position, 1))
+    )
+
+
+def _sel(tile: Tile, box: tuple[slice, ...]) -> tuple[slice, ...]:
+    return (slice(tile.n0, tile.n1), slice(None)) + box
+
+
+def _columns(x_pad: Any, g: ConvGeometry, tile: Tile, layout: str) -> Any:
+    """Unfold one tile; returns (n, G, C_in/G·prod(K), P) for 'sample',
+    (G, C_in/G·prod(K), n·P) for 'batch'."""
+    xp = get_array_module(x_pad)
+    G, cig, nd = g.groups, g.in_channels // g.groups, g.ndim
+    rows = cig * g.kernel_size
+    if layout == "sample" and _is_pointwise(g):
+        block = x_pad[_sel(tile, tile.in_box)]
+        return block.reshape(tile.n, G, cig, -1)
+    shape_c = (g.in_channels,) + g.kernel
+    buf = scratch(tile.positions * g.in_channels * g.kernel_size, x_pad.dtype, xp)
+    src = x_pad[_sel(tile, tile.in_box)]
+    if layout == "sample":
+        arr = buf.reshape((tile.n,) + shape_c + tile.box_shape)
+        im2col_into(src, arr, g.kernel, g.stride, g.dilation)
+        return arr.reshape(tile.n, G, rows, -1)
+    arr = buf.reshape(shape_c + (tile.n,) + tile.box_shape)
+    perm = (nd + 1, 0) + tuple(range(1, nd + 1)) + tuple(range(nd + 2, 2 * nd + 2))
+    im2col_into(src, arr.transpose(perm), g.kernel, g.stride, g.dilation)
+    return arr.reshape(G, rows, -1)
+
+
+def _dy_batch(dy: Any, g: ConvGeometry, tile: Tile) -> Any:
+    """δ of a tile as (G, C_out/G, n·P) (channels first: one copy)."""
+    xp = get_array_module(dy)
+    block = dy[_sel(tile, tile.out_box)]
+    moved = xp.ascontiguousarray(xp.moveaxis(block, 1, 0))
+    return moved.reshape(g.groups, g.out_channels // g.groups, -1)
+
+
+def _dy_sample(dy: Any, g: ConvGeometry, tile: Tile) -> Any:
+    """δ of a tile as (n, G, C_out/G, P) (a view when the tile covers whole samples)."""
+    block = dy[_sel(tile, tile.out_box)]
+    return block.reshape(tile.n, g.groups, g.out_channels // g.groups, -1)
+
+
+def forward(x_pad: Any, w: Any, g: ConvGeometry, layout: str | None = None) -> Any:
+    """Eq. F without bias, Y = W̃ · unfold(X_pad).
+
+    Parameters
+    ----------
+    x_pad : ndarray, shape (N, C_in, *S_pad)
+    w : ndarray, shape (C_out, C_in/G, *K)
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, *out)
+    """
+    xp = get_array_module(x_pad)
+    layout = layout or choose_layout(g)
+    G, cog = g.groups, g.out_channels // g.groups
+    wg = w.reshape(G, cog, -1)
+    y = xp.empty((g.batch, g.out_channels) + g.out_shape, dtype=x_pad.dtype)
+    for tile in _tiles(g, x_pad.dtype.itemsize):
+        cols = _columns(x_pad, g, tile, layout)
+        full = tile.box_shape == g.out_shape
+        if layout == "sample":
+            target = (
+                y[tile.n0 : tile.n1]
+                if full
+                else xp.empty((tile.n, g.out_channels) + tile.box_shape, dtype=y.dtype)
+            )
+            tg = target.reshape(tile.n, G, cog, -1)
+            for i in range(tile.n):
+                for j in range(G):
+                    xp.matmul(wg[j], cols[i, j], out=tg[i, j])
+            if not full:
+                y[_sel(tile, tile.out_box)] = target
+        else:
+            out = xp.empty((G, cog, cols.shape[2]), dtype=y.dtype)
+            for j in range(G):
+                xp.matmul(wg[j], cols[j], out=out[j])
+            out = out.reshape((g.out_channels, tile.n) + tile.box_shape)
+            y[_sel(tile, tile.out_box)] = xp.moveaxis(out, 0, 1)
+    return y
+
+
+def weight_grad(dy: Any, x_pad: Any, g: ConvGeometry, layout: str | None = None) -> Any:
+    """Eq. BW, dW̃ = δ · unfold(X_pad)ᵀ, accumulated over tiles.
+
+    Returns
+    -------
+    ndarray, shape (C_out, C_in/G, *K)
+    """
+    xp = get_array_module(x_pad)
+    layout = layout or choose_layout(g)
+    G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
+    dw = xp.zeros((G, cog, cig * g.kernel_size), dtype=x_pad.dtype)
+    tmp = xp.empty_like(dw[0])
+    for tile in _tiles(g, x_pad.dtype.itemsize):
+        cols = _columns(x_pad, g, tile, layout)
+        if layout == "sample":
+            d = _dy_sample(dy, g, tile)
+            for i in range(tile.n):
+                for j in range(G):
+                    xp.matmul(d[i, j], cols[i, j].T, out=tmp)
+                    dw[j] += tmp
+        else:
+            d = _dy_batch(dy, g, tile)
+            for j in range(G):
+                xp.matmul(d[j], cols[j].T, out=tmp)
+                dw[j] += tmp
+    return dw.reshape((g.out_channels, cig) + g.kernel)
+
+
+def input_grad(dy: Any, w: Any, g: ConvGeometry, layout: str | None = None) -> Any:
+    """Eq. BX, dX_pad = fold(W̃ᵀ · δ): one GEMM, then one strided add per kernel tap.
+
+    Returns
+    -------
+    ndarray, shape (N, C_in, *S_pad)
+    """
+    xp = get_array_module(dy)
+    layout = layout or choose_layout(g)
+    G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
+    rows = cig * g.kernel_size
+    wg_t = w.reshape(G, cog, rows).transpose(0, 2, 1)  # W̃ᵀ per group
+    if layout == "sample" and _is_pointwise(g):
+        # fold is the identity: write W̃ᵀ·δ straight into the gradient.
+        dx = xp.empty((g.batch, g.in_channels) + g.padded_shape, dtype=dy.dtype)
+        dxg = dx.reshape(g.batch, G, cig, -1)
+        d = dy.reshape(g.batch, G, cog, -1)
+        for i in range(g.batch):
+            for j in range(G):
+                xp.matmul(wg_t[j], d[i, j], out=dxg[i, j])
+        return dx
+    dx_pad = xp.zeros((g.batch, g.in_channels) + g.padded_shape, dtype=dy.dtype)
+    nd = g.ndim
+    for tile in _tiles(g, dy.dtype.itemsize):
+        buf = scratch(tile.positions * g.in_channels * g.kernel_size, dy.dtype, xp)
+        target = dx_pad[_sel(tile, tile.in_box)]
+        if layout == "sample":
+            arr = buf.reshape((tile.n, g.in_channels) + g.kernel + tile.box_shape)
+            cols = arr.reshape(tile.n, G, rows, -1)
+            d = _dy_sample(dy, g, tile)
+            for i in range(tile.n):
+                for j in range(G):
+                    xp.matmul(wg_t[j], d[i, j], out=cols[i, j])
+            col2im_add(arr, target, g.kernel, g.stride, g.dilation)
+        else:
+            arr = buf.reshape((g.in_channels,) + g.kernel + (tile.n,) + tile.box_shape)
+            cols = arr.reshape(G, rows, -1)
+            d = _dy_batch(dy, g, tile)
+            for j in range(G):
+                xp.matmul(wg_t[j], d[j], out=cols[j])
+            perm = (nd + 1, 0) + tuple(range(1, nd + 1)) + tuple(range(nd + 2, 2 * nd + 2))
+            col2im_add(arr.transpose(perm), target, g.kernel, g.stride, g.dilation)
+    return dx_pad

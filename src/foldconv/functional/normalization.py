@@ -1,0 +1,249 @@
+"""Batch normalisation: stateless forward/backward pair (PyTorch's semantics).
+
+Local response normalisation lives in :mod:`foldconv.functional.lrn`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foldconv.backend import get_array_module
+from foldconv.functional.activation import _as_float_array, _compute_dtype
+
+__all__ = ["batch_norm", "batch_norm_backward", "batch_norm_forward"]
+
+
+def _channel_shape(x: Any) -> tuple[int, ...]:
+    """Shape that broadcasts a (C,) vector over x of shape (N, C, *)."""
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def _reduce_axes(x: Any) -> tuple[int, ...]:
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def _check_vector(v: Any, name: str, c: int) -> Any:
+    if v is None:
+        return None
+    v = _as_float_array(v, name)
+    if tuple(v.shape) != (c,):
+        raise ValueError(f"{name}: expected shape ({c},) (one per channel), got {tuple(v.shape)}")
+    return v
+
+
+def batch_norm_forward(
+    x: Any,
+    running_mean: Any = None,
+    running_var: Any = None,
+    weight: Any = None,
+    bias: Any = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[Any, Any, Any]:
+    """Batch normalisation returning the statistics its backward needs.
+
+    y = (x - mean) / sqrt(var + eps) * weight + bias, per channel (axis 1).
+
+    In training the mean and the biased variance come from the batch (over every axis
+    but 1) and, when given, ``running_mean``/``running_var`` are updated *in place*:
+    running = (1 - momentum) * running + momentum * stat, with the unbiased variance
+    var * n / (n - 1) (n values per channel), as PyTorch does. Otherwise the running
+    statistics are used.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C) or (N, C, *)
+    running_mean, running_var : ndarray, shape (C,), optional in training
+    weight, bias : ndarray, shape (C,), optional (1 and 0 when absent)
+    training : bool
+    momentum : float
+    eps : float
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+    mean : ndarray, shape (C,)
+        The mean used (the batch's or the running one).
+    invstd : ndarray, shape (C,)
+        1 / sqrt(var + eps) for the variance used.
+
+    Raises
+    ------
+    ValueError
+        For an input of rank < 2, parameter shapes other than (C,), missing running
+        statistics outside training, or a single value per channel in training.
+    """
+    y, mean, invstd, _ = _batch_norm_impl(
+        x, running_mean, running_var, weight, bias, training, momentum, eps
+    )
+    return y, mean, invstd
+
+
+def _batch_norm_impl(
+    x: Any,
+    running_mean: Any,
+    running_var: Any,
+    weight: Any,
+    bias: Any,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> tuple[Any, Any, Any, Any]:
+    """The forward, also returning x_hat = (x - mean) * invstd (compute dtype) for layers."""
+    x = _as_float_array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x: expected shape (N, C) or (N, C, *), got {tuple(x.shape)}")
+    c = x.shape[1]
+    running_mean = _check_vector(running_mean, "running_mean", c)
+    running_var = _check_vector(running_var, "running_var", c)
+    weight = _check_vector(weight, "weight", c)
+    bias = _check_vector(bias, "bias", c)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(
+            "running_var: expected running_mean and running_var both given or both None, "
+            f"got running_mean={'None' if running_mean is None else 'array'}, "
+            f"running_var={'None' if running_var is None else 'array'}"
+        )
+    if not training and running_mean is None:
+        raise ValueError("running_mean: expected an array when training=False, got None")
+    if eps < 0:
+        raise ValueError(f"eps: expected a non-negative float, got {eps}")
+
+    xp = get_array_module(x)
+    ct = _compute_dtype(x.dtype)
+    xc = x.astype(ct, copy=False)
+    cs = _channel_shape(x)
+    if training:
+        n = x.size // c if c else 0
+        if n <= 1:
+            raise ValueError(
+                f"x: expected more than 1 value per channel when training, got shape "
+                f"{tuple(x.shape)}"
+            )
+        axes = _reduce_axes(x)
+        mean = xp.mean(xc, axis=axes)
+        centered = xc - mean.reshape(cs)
+        var = xp.mean(centered * centered, axis=axes)
+        if running_mean is not None:
+            m = float(momentum)
+            running_mean *= 1 - m
+            running_mean += (m * mean).astype(running_mean.dtype, copy=False)
+            running_var *= 1 - m
+            running_var += (m * var * (n / (n - 1))).astype(running_var.dtype, copy=False)
+    else:
+        # Copies: the running buffers change in place at the next training step.
+        mean = running_mean.astype(ct, copy=True)
+        var = running_var.astype(ct, copy=True)
+        centered = xc - mean.reshape(cs)
+    invstd = 1 / xp.sqrt(var + ct.type(eps))
+    centered *= invstd.reshape(cs)  # centered is a fresh array: now x_hat
+    xhat = centered
+    if weight is None and bias is None:
+        y = xhat.copy()
+    elif weight is None:
+        y = xhat + bias.astype(ct, copy=False).reshape(cs)
+    else:
+        y = xhat * weight.astype(ct, copy=False).reshape(cs)
+        if bias is not None:
+            y += bias.astype(ct, copy=False).reshape(cs)
+    return y.astype(x.dtype, copy=False), mean, invstd, xhat
+
+
+def batch_norm(
+    x: Any,
+    running_mean: Any = None,
+    running_var: Any = None,
+    weight: Any = None,
+    bias: Any = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Any:
+    """Batch normalisation (as ``torch.nn.functional.batch_norm``); returns y only.
+
+    See :func:`batch_norm_forward` for the parameters; use that function when the
+    backward pass is needed.
+    """
+    return batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps)[
+        0
+    ]
+
+
+def _batch_norm_backward_xhat(
+    grad_output: Any, xhat: Any, invstd: Any, weight: Any, training: bool
+) -> tuple[Any, Any, Any]:
+    """The backward from the normalised input x_hat = (x - mean) * invstd (compute dtype).
+
+    dbias = sum dy,  dweight = sum dy * x_hat  (sums over every axis but 1);
+    training: dx = (1/n) * weight * invstd * (n * dy - sum dy - x_hat * sum(dy * x_hat)),
+    since mean and var depend on x; otherwise: dx = dy * weight * invstd.
+    """
+    xp = get_array_module(xhat)
+    cs = _channel_shape(xhat)
+    axes = _reduce_axes(xhat)
+    g = grad_output.astype(xhat.dtype, copy=False)
+    scale = invstd if weight is None else invstd * weight.astype(xhat.dtype, copy=False)
+    dbias = xp.sum(g, axis=axes)
+    dweight = xp.sum(g * xhat, axis=axes)
+    if training:
+        n = xhat.size // xhat.shape[1]
+        dx = (scale / n).reshape(cs) * (n * g - dbias.reshape(cs) - xhat * dweight.reshape(cs))
+    else:
+        dx = g * scale.reshape(cs)
+    return dx, dweight, dbias
+
+
+def batch_norm_backward(
+    grad_output: Any,
+    x: Any,
+    mean: Any,
+    invstd: Any,
+    weight: Any = None,
+    training: bool = True,
+) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`batch_norm_forward`.
+
+    With x_hat = (x - mean) * invstd and n values per channel:
+    dx = (1/n) * weight * invstd * (n * dy - sum dy - x_hat * sum(dy * x_hat)) in training
+    (batch statistics), dx = dy * weight * invstd otherwise; dweight = sum dy * x_hat,
+    dbias = sum dy.
+
+    Parameters
+    ----------
+    grad_output : ndarray, shape of ``x``
+    x : ndarray, shape (N, C, *), the forward's input
+    mean, invstd : ndarray, shape (C,), as returned by :func:`batch_norm_forward`
+    weight : ndarray, shape (C,), optional
+    training : bool
+        Whether the forward used batch statistics.
+
+    Returns
+    -------
+    (dx, dweight, dbias)
+        ``dx`` with the shape and dtype of ``x``; ``dweight`` and ``dbias`` of shape (C,)
+        (``None`` when ``weight`` is None; the dtype of ``weight`` otherwise).
+    """
+    x = _as_float_array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x: expected shape (N, C) or (N, C, *), got {tuple(x.shape)}")
+    if tuple(grad_output.shape) != tuple(x.shape):
+        raise ValueError(
+            f"grad_output: expected shape {tuple(x.shape)}, got {tuple(grad_output.shape)}"
+        )
+    c = x.shape[1]
+    _check_vector(mean, "mean", c)
+    _check_vector(invstd, "invstd", c)
+    _check_vector(weight, "weight", c)
+    ct = _compute_dtype(x.dtype)
+    cs = _channel_shape(x)
+    xhat = (x.astype(ct, copy=False) - mean.astype(ct, copy=False).reshape(cs)) * invstd.astype(
+        ct, copy=False
+    ).reshape(cs)
+    dx, dweight, dbias = _batch_norm_backward_xhat(
+        grad_output, xhat, invstd.astype(ct, copy=False), weight, training
+    )
+    dx = dx.astype(x.dtype, copy=False)
+    if weight is None:
+        return dx, None, None
+    return dx, dweight.astype(weight.dtype, copy=False), dbias.astype(weight.dtype, copy=False)

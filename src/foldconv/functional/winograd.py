@@ -1,0 +1,155 @@
+"""Winograd minimal filtering F(m x m, 3 x 3) for 3x3 stride-1 2-d convolutions.
+
+Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016). Each
+m x m output tile of one channel pair is A^T [(G g G^T) ⊙ (B^T d B)] A, where d is the
+(m+2) x (m+2) input tile and g the 3x3 kernel. Summed over input channels, the
+elementwise product becomes, for each of the (m+2)^2 transform positions ξ, one GEMM
+
+    M[ξ] = U[ξ] · V[ξ],  U[ξ] = (G W G^T)[ξ] of shape (C_out, C_in),
+                         V[ξ] = (B^T D B)[ξ] of shape (C_in, tiles),
+
+so the multiplications fall from 9 m^2 to (m+2)^2 per output tile and channel pair:
+2.25x fewer for F(2x2, 3x3), 4x fewer for F(4x4, 3x3). The transforms themselves are
+GEMMs with the Kronecker products kron(B^T, B^T), kron(G, G) and kron(A^T, A^T).
+
+A dilated 3x3 layer is d_h·d_w undilated ones: output rows i·d + p read only input rows
+(i + t)·d + p, so each phase (p, q) of the input convolves separately. The input
+gradient of a 3x3 stride-1 layer is itself a 3x3 stride-1 convolution of δ with the
+flipped kernel (eq. BX'), so it runs here too; the weight gradient uses im2col.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from foldconv._config import get_workspace_limit
+from foldconv.backend import get_array_module
+from foldconv.functional._args import ConvGeometry
+
+
+@cache
+def transforms(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B^T, G, A^T) of F(m, 3) in float64, interpolation points 0, ±1, ±2 (and ∞)."""
+    if m == 2:
+        bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+        g = [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]
+        at = [[1, 1, 1, 0], [0, 1, -1, -1]]
+    elif m == 4:
+        bt = [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ]
+        g = [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ]
+        at = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+    else:
+        raise ValueError(f"m: expected 2 or 4, got {m}")
+    return np.array(bt, float), np.array(g, float), np.array(at, float)
+
+
+@cache
+def _kron(m: int, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    bt, g, at = transforms(m)
+    return (
+        np.kron(bt, bt).astype(dtype),
+        np.kron(g, g).astype(dtype),
+        np.kron(at, at).astype(dtype),
+    )
+
+
+def supports(g: ConvGeometry) -> bool:
+    return g.ndim == 2 and g.kernel == (3, 3) and g.stride == (1, 1)
+
+
+def _bytes_per_sample(g: ConvGeometry, m: int, itemsize: int, out_shape) -> int:
+    a2 = (m + 2) ** 2
+    tiles = math.prod(-(-o // m) for o in out_shape)
+    # D, V (C_in columns each) and M (C_out columns) per transform position.
+    return a2 * tiles * (2 * g.in_channels + g.out_channels) * itemsize
+
+
+def fits(g: ConvGeometry, m: int, itemsize: int) -> bool:
+    phase_out = tuple(-(-o // d) for o, d in zip(g.out_shape, g.dilation, strict=True))
+    return _bytes_per_sample(g, m, itemsize, phase_out) <= get_workspace_limit()
+
+
+def _forward_phase(x: Any, w: Any, groups: int, out_hw: tuple[int, int], m: int) -> Any:
+    """Undilated 3x3 stride-1 convolution of x (N, C, H, W) giving (N, K, *out_hw)."""
+    xp = get_array_module(x)
+    n, c, h, wd = x.shape
+    k = w.shape[0]
+    a = m + 2
+    nh, nw = -(-out_hw[0] // m), -(-out_hw[1] // m)
+    he, we = nh * m + 2, nw * m + 2
+    if (he, we) != (h, wd) or not x.flags.c_contiguous:
+        ext = xp.zeros((n, c, he, we), dtype=x.dtype)
+        hh, ww = min(h, he), min(wd, we)
+        ext[:, :, :hh, :ww] = x[:, :, :hh, :ww]
+        x = ext
+    bb, gg, aa = (xp.asarray(t) for t in _kron(m, x.dtype.str))
+    t = n * nh * nw
+    sn, sc, sh, sw = x.strides
+    tiles = xp.lib.stride_tricks.as_strided(
+        x, shape=(a, a, c, n, nh, nw), strides=(sh, sw, sc, sn, m * sh, m * sw)
+    )
+    d = xp.empty((a * a, c * t), dtype=x.dtype)
+    d.reshape(a, a, c, n, nh, nw)[...] = tiles
+    v = xp.matmul(bb, d).reshape(a * a, groups, c // groups, t)  # B^T d B
+    del d
+    kg, cg = k // groups, c // groups
+    u = xp.matmul(gg, w.reshape(k * cg, 9).T).reshape(a * a, groups, kg, cg)  # G g G^T
+    mm = xp.empty((a * a, groups, kg, t), dtype=x.dtype)
+    for xi in range(a * a):
+        for j in range(groups):
+            xp.matmul(u[xi, j], v[xi, j], out=mm[xi, j])
+    del v
+    y = xp.matmul(aa, mm.reshape(a * a, k * t))  # A^T M A: (m·m, K·T)
+    y = y.reshape(m, m, k, n, nh, nw).transpose(3, 2, 4, 0, 5, 1).reshape(n, k, nh * m, nw * m)
+    return y[:, :, : out_hw[0], : out_hw[1]]
+
+
+def forward(x_pad: Any, w: Any, g: ConvGeometry, m: int = 4) -> Any:
+    """Eq. F without bias for a 3x3 stride-1 layer, by F(m x m, 3 x 3).
+
+    Parameters
+    ----------
+    x_pad : ndarray, shape (N, C_in, H_pad, W_pad)
+    w : ndarray, shape (C_out, C_in/G, 3, 3)
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, H_out, W_out)
+    """
+    xp = get_array_module(x_pad)
+    y = xp.empty((g.batch, g.out_channels) + g.out_shape, dtype=x_pad.dtype)
+    dh, dw = g.dilation
+    limit = get_workspace_limit()
+    for p in range(dh):
+        for q in range(dw):
+            rows = -(-(g.out_shape[0] - p) // dh)
+            cols = -(-(g.out_shape[1] - q) // dw)
+            if rows <= 0 or cols <= 0:
+                continue
+            phase = x_pad[:, :, p::dh, q::dw]
+            per_sample = _bytes_per_sample(g, m, x_pad.dtype.itemsize, (rows, cols))
+            step = max(1, limit // max(per_sample, 1))
+            for n0 in range(0, g.batch, step):
+                n1 = min(g.batch, n0 + step)
+                y[n0:n1, :, p::dh, q::dw] = _forward_phase(
+                    phase[n0:n1], w, g.groups, (rows, cols), m
+                )
+    return y

@@ -1,0 +1,63 @@
+"""Dropout layer (inverted dropout, seedable)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from foldconv.functional.dropout import _check_p, dropout, dropout_backward
+from foldconv.nn.init import get_generator
+from foldconv.nn.module import Module
+
+__all__ = ["Dropout"]
+
+
+class Dropout(Module):
+    """Zero each element with probability ``p`` in training, scaling the rest by 1/(1-p).
+
+    The identity in eval mode. Shapes: any input -> output of the same shape and dtype.
+
+    Parameters
+    ----------
+    p : float in [0, 1]
+    inplace : bool
+        Multiply the input array by the mask in place (training only).
+    rng : numpy.random.Generator, int seed or None
+        A Generator is used as is and an int seeds a generator of this layer's own, so
+        masks are reproducible; None draws from the global generator at each call
+        (see :func:`foldconv.nn.manual_seed`).
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        rng: np.random.Generator | int | None = None,
+    ) -> None:
+        super().__init__()
+        self.p = _check_p(p)
+        self.inplace = bool(inplace)
+        self._rng = None if rng is None else get_generator(rng)
+        self._mask = None
+        self._forward_called = False
+
+    def forward(self, x: Any) -> Any:
+        """x: (*) -> y: (*), same dtype; the mask is kept for the backward."""
+        y, mask = dropout(x, self.p, self.training, self._rng)
+        if self.inplace and mask is not None and hasattr(x, "__setitem__"):
+            x *= mask
+            y = x
+        self._mask = mask
+        self._forward_called = True
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        """dx = dy * mask, the forward's scaled mask (dy itself in eval or for p = 0)."""
+        if not self._forward_called:
+            raise RuntimeError("Dropout: backward() called before forward()")
+        return dropout_backward(grad_output, self._mask)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}" + (", inplace=True" if self.inplace else "")
