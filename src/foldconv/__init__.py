@@ -5,7 +5,17 @@ forward/backward pairs); layers holding parameters in :mod:`foldconv.nn`.
 """
 
 from foldconv._config import get_workspace_limit, set_workspace_limit
+from foldconv.functional.dispatch import get_benchmark, set_benchmark
+from foldconv.functional.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "get_workspace_limit", "set_workspace_limit"]
+__all__ = [
+    "__version__",
+    "get_benchmark",
+    "get_num_threads",
+    "get_workspace_limit",
+    "set_benchmark",
+    "set_num_threads",
+    "set_workspace_limit",
+]
