@@ -237,3 +237,66 @@ def run(
     info = machine_info()
     header = ", ".join(f"{k}: {v}" for k, v in info.items())
     return f"{header}\n\n{format_table(rows)}"
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{name}: expected comma-separated ints, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{name}: expected comma-separated ints, got {text!r}")
+    return values
+
+
+def add_arguments(parser) -> None:
+    """The options of ``foldconv bench``."""
+    parser.add_argument(
+        "--layers", default="", help="comma-separated suite layers to run (default: all)"
+    )
+    parser.add_argument(
+        "--in",
+        dest="input",
+        default=None,
+        help="one custom layer instead of the suite: input shape N,C,H[,W[,D]] e.g. 16,256,13,13",
+    )
+    parser.add_argument("--out-channels", type=int, default=None)
+    parser.add_argument("--kernel", type=int, default=3)
+    parser.add_argument("--stride", type=int, default=1)
+    parser.add_argument("--padding", type=int, default=0)
+    parser.add_argument("--dilation", type=int, default=1)
+    parser.add_argument("--groups", type=int, default=1)
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of timing per layer")
+    parser.add_argument("--min-reps", type=int, default=5, help="repetitions at least")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def layers_from_args(args) -> list[Layer]:
+    """The suite layers, or the one custom layer, that ``args`` ask for."""
+    if args.input:
+        shape = _ints(args.input, "--in")
+        if len(shape) not in (3, 4, 5):
+            raise ValueError(f"--in: expected N,C and 1 to 3 spatial sizes, got {args.input!r}")
+        out_channels = args.out_channels if args.out_channels is not None else shape[1]
+        return [
+            Layer(
+                "custom",
+                shape[0],
+                shape[1],
+                out_channels,
+                tuple(shape[2:]),
+                args.kernel,
+                args.stride,
+                args.padding,
+                args.dilation,
+                args.groups,
+            )
+        ]
+    names = [n for n in args.layers.split(",") if n]
+    known = {layer.name for layer in CPU_SUITE}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"--layers: unknown layer(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return [layer for layer in CPU_SUITE if not names or layer.name in names]
