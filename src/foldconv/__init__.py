@@ -10,12 +10,25 @@ from foldconv.functional.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # The trainer pulls in tqdm, matplotlib and safetensors: import it on first use only.
+    if name in ("train", "evaluate", "predict"):
+        from foldconv import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'foldconv' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
+    "evaluate",
     "get_benchmark",
     "get_num_threads",
     "get_workspace_limit",
+    "predict",
     "set_benchmark",
     "set_num_threads",
     "set_workspace_limit",
+    "train",
 ]

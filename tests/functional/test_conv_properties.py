@@ -571,6 +571,19 @@ def _all_calls(x, w, b, g, xt, gt, cols):
     out["fold"] = fc.fold(cols, x.shape[2:], (3, 2), dilation=1, padding=1, stride=2)
     out["pad"] = fc.pad(x, ((1, 2), (2, 1)), mode="reflect")
     out["pad-bwd"] = fc.pad_backward(out["pad"], x.shape, ((1, 2), (2, 1)), mode="reflect")
+    # unpadded, stride-1 pointwise and depthwise layers: paths that may skip copies
+    w1, wd = w[:, :, :1, :1], w[:4, :1]
+    g1 = g[:, :, :1, :1] * np.ones((1, 1) + x.shape[2:])
+    gd = g[:, :4, :1, :1] * np.ones((1, 1, 5, 5))
+    for alg in FWD_ALGS:
+        out[f"conv1x1-{alg}"] = fc.conv(x, w1, b, groups=2, algorithm=alg)
+        out[f"depthwise-{alg}"] = fc.conv(x, wd, b[:4], groups=4, algorithm=alg)
+    for alg in BWD_ALGS:
+        out[f"bwd1x1-{alg}"] = fc.conv_backward(g1, x, w1, groups=2, algorithm=alg)
+        out[f"bwd-depthwise-{alg}"] = fc.conv_backward(gd, x, wd, groups=4, algorithm=alg)
+    out["unfold1x1"] = fc.unfold(x, 1)
+    out["pad0"] = fc.pad(x, ((0, 0), (0, 0)))
+    out["pad-bwd0"] = fc.pad_backward(x, x.shape, ((0, 0), (0, 0)), mode="circular")
     return out
 
 
@@ -604,6 +617,16 @@ def test_inputs_are_never_modified():
     _all_calls(*arrays)
     for a, c in zip(arrays, copies, strict=True):
         np.testing.assert_array_equal(a, c)
+
+
+def test_results_never_share_memory_with_inputs():
+    """A result that is a view of an input would let the caller modify the input."""
+    arrays = _make_inputs(np.random.default_rng(14))
+    results = _all_calls(*arrays)
+    for key, res in results.items():
+        for r in res if isinstance(res, tuple) else (res,):
+            for a in arrays:
+                assert not np.shares_memory(r, a), key
 
 
 def test_read_only_inputs_are_accepted():

@@ -36,8 +36,12 @@ BWD_ALGS = ("auto", "direct", "im2col", "full_conv")
 TOL = {np.float64: 1e-10, np.float32: 1e-5, np.float16: 5e-4}
 TORCH_CONV = {1: "conv1d", 2: "conv2d", 3: "conv3d"}
 TORCH_CONVT = {1: "conv_transpose1d", 2: "conv_transpose2d", 3: "conv_transpose3d"}
-TORCH_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}
-TORCH_MODE["circular"] = "circular"
+TORCH_MODE = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "replicate": "replicate",
+    "circular": "circular",
+}
 
 
 # ----------------------------------------------------------------------------------------
@@ -266,6 +270,63 @@ def test_same_at_stride_one_matches_torch_builtin_same(mode, kernel, dilation, s
         assert rel_err(np64(mine), np64(builtin)) <= 1e-12
     y = fc.conv(x, w, b, padding="same", dilation=dilation, padding_mode=mode)
     assert rel_err(y, np64(mine)) <= 1e-10
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "c_in,c_out,k,stride,padding,dilation,groups,mode",
+    [
+        (16, 24, 3, 1, 1, 1, 1, "zeros"),  # VGG-like 3x3
+        (16, 16, 3, 1, "same", 2, 1, "reflect"),
+        (16, 32, 3, 1, 1, 1, 4, "zeros"),
+        (16, 16, 3, 1, 1, 1, 16, "zeros"),  # depthwise
+        (16, 32, 3, 2, 1, 1, 16, "replicate"),  # depthwise multiplier 2, strided
+        (16, 16, 5, 1, 2, 1, 16, "circular"),
+        (16, 32, 1, 1, 0, 1, 1, "zeros"),  # pointwise
+        (16, 32, 1, 2, 0, 1, 2, "zeros"),
+        (8, 16, (7, 5), 2, ((3, 2), (1, 3)), 1, 1, "zeros"),
+    ],
+)
+def test_realistic_2d_layers_match_torch(
+    c_in, c_out, k, stride, padding, dilation, groups, mode, dtype
+):
+    """Larger layers, where 'auto' may pick its fast paths (e.g. 3x3 or depthwise kernels)."""
+    rng = np.random.default_rng(c_in + c_out + groups)
+    kernel = (k, k) if isinstance(k, int) else k
+    x = rng.standard_normal((2, c_in, 20, 18)).astype(dtype)
+    w = rng.standard_normal((c_out, c_in // groups) + kernel).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    case = ConvCase(
+        rank=2,
+        batch=2,
+        groups=groups,
+        cin_g=c_in // groups,
+        cout_g=c_out // groups,
+        kernel=kernel,
+        stride=(stride, stride),
+        dilation=(dilation, dilation),
+        padding=padding,
+        pads=[dim_pads(padding, i, n, kernel[i], stride, dilation) for i, n in enumerate((20, 18))],
+        mode=mode,
+        sizes=(20, 18),
+        stride_arg=stride,
+        dilation_arg=dilation,
+        bias=True,
+        dtype=dtype,
+        seed=0,
+    )
+    y_ref, g, gx_ref, gw_ref, gb_ref = torch_conv_reference(case, x, w, b, rng)
+    opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    opts["padding_mode"] = mode
+    tol = TOL[dtype]
+    # (the slow 'direct' reference is compared on small shapes elsewhere)
+    for alg in ("auto", "im2col"):
+        assert rel_err(fc.conv(x, w, b, **opts, algorithm=alg), y_ref) <= tol, alg
+    for alg in ("auto", "im2col", "full_conv"):
+        gx, gw, gb = fc.conv_backward(g, x, w, **opts, algorithm=alg)
+        assert rel_err(gx, gx_ref) <= tol, alg
+        assert rel_err(gw, gw_ref) <= tol, alg
+        assert rel_err(gb, gb_ref) <= tol, alg
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])

@@ -152,6 +152,32 @@ def test_max_pool_backward_paths_agree(monkeypatch, group_bytes):
     assert np.abs(ref).sum() > 0
 
 
+def test_plane_blocking_changes_nothing(monkeypatch):
+    """Cache blocking over (N, C) planes, one plane per block, gives the same numbers."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 5, 9, 8))
+    runs = []
+    for block_bytes in (P._BLOCK_BYTES, 1):
+        monkeypatch.setattr(P, "_BLOCK_BYTES", block_bytes)
+        y, argmax = max_pool(x, (3, 3), 2, 1, ceil_mode=True, return_indices="argmax")
+        g = rng.standard_normal(y.shape) if not runs else runs[0][-1]
+        y2, argmax2 = max_pool(x, (2, 2), return_indices="argmax")  # disjoint: tap path
+        a = avg_pool2d(x, 3, 2, 1, ceil_mode=True)
+        runs.append(
+            (
+                y,
+                argmax,
+                max_pool(x, (3, 3), 2, 1, ceil_mode=True),
+                max_pool_backward(g[..., :4, :4], argmax2, x.shape, (2, 2)),
+                a,
+                avg_pool2d_backward(g[..., :5, :5], x.shape, 3, 2, 1, ceil_mode=True),
+                g,
+            )
+        )
+    for one, other in zip(*runs, strict=True):
+        np.testing.assert_array_equal(one, other)
+
+
 # -- average pooling vs PyTorch -------------------------------------------------------------
 @st.composite
 def avg_pool_cases(draw):

@@ -169,8 +169,7 @@ class ConvGeometry:
 def check_padding_mode(padding_mode: Any, name: str = "padding_mode") -> str:
     if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
         raise ValueError(
-            f"{name}: expected one of {', '.join(map(repr, PADDING_MODES))}, "
-            f"got {padding_mode!r}"
+            f"{name}: expected one of {', '.join(map(repr, PADDING_MODES))}, got {padding_mode!r}"
         )
     return padding_mode
 

@@ -21,6 +21,7 @@ import math
 import threading
 from typing import Any
 
+from foldconv._config import get_workspace_limit
 from foldconv.backend import get_array_module
 from foldconv.functional._args import ConvGeometry
 from foldconv.functional.unfold import Tile, col2im_add, im2col_into, plan_tiles
@@ -45,7 +46,9 @@ def scratch(n: int, dtype: Any, xp: Any) -> Any:
         cache = _local.buffers = {}
     key = xp.dtype(dtype).str
     buf = cache.get(key)
-    if buf is None or buf.size < n:
+    # A buffer cached under a higher limit is dropped once the limit is lowered, so the
+    # memory kept between calls never exceeds the current limit either.
+    if buf is None or buf.size < n or buf.nbytes > get_workspace_limit():
         cache.pop(key, None)  # release the old one before allocating the new one
         buf = cache[key] = xp.empty(n, dtype=dtype)
     return buf[:n]

@@ -266,7 +266,9 @@ def max_pool(
     -----
     Ties go to the first maximal tap in row-major order, and a NaN in a window wins
     (the last NaN, as PyTorch's CPU kernel). A window made only of padding (possible
-    only with dilation on tiny inputs) gives ``-inf``.
+    only with dilation on tiny inputs) gives ``-inf``, and so does a window whose real
+    values are all ``-inf``: its gradient then goes to the padding (is dropped), where
+    PyTorch gives it to the first ``-inf``.
     """
     x = as_float_array(x, "x")
     nd = _resolve_dims(dims, kernel_size, stride, padding, dilation)

@@ -1,0 +1,162 @@
+"""One AlexNet (2012 paper) training step at batch 16 on 227x227 images: foldconv vs PyTorch.
+
+A step is forward, cross-entropy loss, backward and an SGD update (momentum 0.9, weight
+decay 5e-4), float32, on the CPU. Each framework runs in its own process, so that its
+peak memory (``ru_maxrss``, the resident set's high-water mark) is its own; the table
+gives the median step time over ``--repeats`` steps after one warm-up step, the peak RSS,
+and the peak minus the RSS after building the model (the memory the steps add).
+
+    python bench/alexnet_step.py [--batch 16] [--repeats 3]
+
+PyTorch runs with ``torch.set_num_threads(2)``. On a shared machine the timings are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _rss_mib() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except OSError:  # pragma: no cover - not Linux
+        return float("nan")
+
+
+def worker_ours(batch: int, repeats: int) -> dict:
+    from foldconv import nn, optim
+    from foldconv.models import alexnet_paper
+
+    rng = np.random.default_rng(0)
+    model = alexnet_paper(1000, rng=rng)
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    crit = nn.CrossEntropyLoss()
+    x = rng.standard_normal((batch, 3, 227, 227)).astype(np.float32)
+    y = rng.integers(0, 1000, size=batch)
+    built = _current_rss_mib()
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        loss = crit(model(x), y)
+        opt.zero_grad()
+        model.backward(crit.backward())
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return {"times": times[1:], "loss": float(loss), "built_mib": built, "peak_mib": _rss_mib()}
+
+
+def worker_torch(batch: int, repeats: int) -> dict:
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(2)
+    lrn = dict(size=5, alpha=5e-4, beta=0.75, k=2.0)
+    features = nn.Sequential(
+        nn.Conv2d(3, 96, 11, stride=4),
+        nn.ReLU(),
+        nn.LocalResponseNorm(**lrn),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2, groups=2),
+        nn.ReLU(),
+        nn.LocalResponseNorm(**lrn),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+    )
+    classifier = nn.Sequential(
+        nn.Dropout(),
+        nn.Linear(9216, 4096),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, 1000),
+    )
+    model = nn.Sequential(features, nn.Flatten(), classifier)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    crit = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((batch, 3, 227, 227)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 1000, size=batch))
+    built = _current_rss_mib()
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        loss = crit(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return {"times": times[1:], "loss": float(loss), "built_mib": built, "peak_mib": _rss_mib()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        fn = worker_ours if args.worker == "ours" else worker_torch
+        print(json.dumps(fn(args.batch, args.repeats)))
+        return 0
+    results = {}
+    for name in ("ours", "torch"):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                "--batch",
+                str(args.batch),
+                "--repeats",
+                str(args.repeats),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            print(proc.stderr, file=sys.stderr)
+            return 1
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(
+        f"AlexNet (paper) training step, batch {args.batch}, 227x227, float32, CPU; "
+        f"median of {args.repeats} steps after a warm-up"
+    )
+    print(f"{'':10} {'s/step':>8} {'min':>8} {'peak RSS MiB':>13} {'added by steps':>15}")
+    for label, key in (("foldconv", "ours"), ("PyTorch", "torch")):
+        r = results[key]
+        print(
+            f"{label:10} {statistics.median(r['times']):8.2f} {min(r['times']):8.2f} "
+            f"{r['peak_mib']:13.0f} {r['peak_mib'] - r['built_mib']:15.0f}"
+        )
+    ratio = statistics.median(results["ours"]["times"]) / statistics.median(
+        results["torch"]["times"]
+    )
+    print(f"foldconv / PyTorch time per step: {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

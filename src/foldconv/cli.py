@@ -1,0 +1,364 @@
+"""The ``foldconv`` command: train, evaluate, predict, demo.
+
+``foldconv train`` with no arguments trains LeNet-5 on the bundled 8x8 digits; see
+``foldconv <command> --help``. User errors (bad values, missing files) print
+``foldconv: error: ...`` and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+PROG = "foldconv"
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # training diverged, a check failed
+EXIT_USAGE = 2  # bad arguments or input (argparse uses 2 as well)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative int, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+def _add_train(sub: Any) -> None:
+    from foldconv.models import available_models  # noqa: PLC0415
+    from foldconv.trainer import OPTIMIZERS, SCHEDULERS  # noqa: PLC0415
+
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: LeNet-5 on the bundled digits)",
+        description=(
+            "Train a CNN. Hyper-parameters not given come from the recipe for the model and "
+            "dataset (or, with --resume, from the checkpoint). Writes metrics.jsonl, "
+            "summary.json, best/last checkpoints (safetensors, PyTorch names) and PNG plots "
+            "into --out."
+        ),
+    )
+    p.add_argument("--model", default=None, choices=available_models(), help="default: lenet5")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        choices=["digits", "mnist", "cifar10", "folder"],
+        help="default: digits (scikit-learn's 8x8 digits, bundled)",
+    )
+    p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
+    p.add_argument("--download", action="store_true", help="fetch missing mnist/cifar10 files")
+    p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--lr", type=_positive_float, default=None, help="learning rate")
+    p.add_argument("--momentum", type=_nonneg_float, default=None)
+    p.add_argument("--weight-decay", type=_nonneg_float, default=None)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="per-epoch lr schedule")
+    p.add_argument("--label-smoothing", type=_nonneg_float, default=None)
+    aug = p.add_mutually_exclusive_group()
+    aug.add_argument("--augment", dest="augment", action="store_true", default=None)
+    aug.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--seed", type=_nonneg_int, default=None, help="default: 0")
+    p.add_argument("--device", default="cpu", help="cpu (cuda needs CuPy)")
+    p.add_argument(
+        "--out", default=None, help="output directory (default: runs/<model>-<dataset>-<time>)"
+    )
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR exactly")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from foldconv.trainer import TrainingDiverged, TrainingInterrupted, train  # noqa: PLC0415
+
+    try:
+        summary = train(
+            model=args.model,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            optimizer=args.optimizer,
+            scheduler=args.scheduler,
+            seed=args.seed,
+            device=args.device,
+            out=args.out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            augment=args.augment,
+            label_smoothing=args.label_smoothing,
+            download=args.download,
+        )
+    except TrainingDiverged as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except TrainingInterrupted as e:
+        print(f"\n{PROG}: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(
+        f"test accuracy {100 * summary['test_accuracy']:.2f}% after {summary['epochs']} "
+        f"epochs (best {100 * summary['best_test_accuracy']:.2f}% at epoch "
+        f"{summary['best_epoch']}) in {summary['wall_seconds']:.1f} s, "
+        f"{summary['images_per_second'] or 0:.0f} images/s; results in {summary['out']}"
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate / predict
+# --------------------------------------------------------------------------------------------
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy and confusion matrix of a checkpoint on its test set",
+        description="Evaluate CHECKPOINT (a .safetensors file or a run directory, whose "
+        "best.safetensors is used) on the test split of the dataset it was trained on.",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("--data-dir", default=None, help="default: the directory used in training")
+    p.add_argument("--dataset", default=None, choices=["digits", "mnist", "cifar10", "folder"])
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=_cmd_evaluate)
+
+
+def format_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> str:
+    """The confusion matrix as text: rows are true classes, columns predictions."""
+    labels = [str(c)[:10] for c in classes]
+    width = max([len(x) for x in labels] + [len(str(int(v))) for row in confusion for v in row])
+    head = " " * (max(len(x) for x in labels) + 2) + " ".join(x.rjust(width) for x in labels)
+    lines = ["confusion matrix (rows: true class, columns: predicted class)", head]
+    pad = max(len(x) for x in labels)
+    for name, row in zip(labels, confusion, strict=True):
+        lines.append(name.rjust(pad) + "  " + " ".join(str(int(v)).rjust(width) for v in row))
+    return "\n".join(lines)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from foldconv.trainer import evaluate  # noqa: PLC0415
+
+    r = evaluate(
+        args.checkpoint,
+        data_dir=args.data_dir,
+        dataset=args.dataset,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(f"checkpoint: {r['checkpoint']}")
+    print(f"accuracy: {100 * r['accuracy']:.2f}% ({round(r['accuracy'] * r['n'])}/{r['n']})")
+    print(f"loss: {r['loss']:.4f}")
+    print(format_confusion(r["confusion"], r["classes"]))
+    return EXIT_OK
+
+
+def _add_predict(sub: Any) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="top-5 classes of image files",
+        description="Classify image files with CHECKPOINT (a .safetensors file or a run "
+        "directory). Images are converted to the training images' channels and size.",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top", type=_positive_int, default=5, help="how many classes (default 5)")
+    p.set_defaults(handler=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from foldconv.trainer import predict  # noqa: PLC0415
+
+    results = predict(args.checkpoint, args.images, k=args.top)
+    for path, top in zip(args.images, results, strict=True):
+        print(f"{path}:")
+        for rank, (name, prob) in enumerate(top, 1):
+            print(f"  {rank}. {name:<12} {prob:.4f}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------------------------
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="a small demonstration of the convolution and its hand-written gradients",
+        description="Run one 2-D convolution forward, then check its three gradients "
+        "(input, weight, bias) against float64 central finite differences.",
+    )
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.set_defaults(handler=_cmd_demo)
+
+
+def _finite_difference(f: Callable[[], float], a: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    grad = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return grad
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from foldconv.functional import conv2d, conv_backward  # noqa: PLC0415
+
+    rng = np.random.default_rng(args.seed)
+    x = rng.standard_normal((2, 3, 7, 7))
+    w = rng.standard_normal((4, 3, 3, 3))
+    b = rng.standard_normal(4)
+    opts = dict(stride=2, padding=1)
+    y = conv2d(x, w, b, **opts)
+    print("conv2d: x (2, 3, 7, 7) * w (4, 3, 3, 3) + b (4,), stride 2, padding 1")
+    print(f"forward output shape: {tuple(y.shape)}")
+    # L = sum(g * y) for a fixed random g, so dL/dy = g.
+    g = rng.standard_normal(y.shape)
+    dx, dw, db = conv_backward(g, x, w, **opts)
+
+    def loss() -> float:
+        return float(np.sum(g * conv2d(x, w, b, **opts)))
+
+    ok = True
+    print("gradient check against float64 central finite differences (eps = 1e-6):")
+    for name, analytic, array in (("dL/dx", dx, x), ("dL/dw", dw, w), ("dL/db", db, b)):
+        numeric = _finite_difference(loss, array)
+        err = float(np.max(np.abs(analytic - numeric)) / max(np.max(np.abs(numeric)), 1e-300))
+        passed = err < 1e-6
+        ok &= passed
+        print(
+            f"  {name:6} shape {str(tuple(analytic.shape)):14} relative error {err:.2e}  "
+            f"{'ok' if passed else 'FAILED'}"
+        )
+    print("all gradients match" if ok else "gradient check FAILED")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------------------------
+def _add_bench(sub: Any) -> None:
+    from foldconv.benchmark import add_arguments  # noqa: PLC0415
+
+    p = sub.add_parser(
+        "bench",
+        help="time the convolution benchmark suite (or one layer) against PyTorch",
+        description="Forward and forward+backward of each layer, ours and PyTorch's (when "
+        "installed) interleaved in one run: medians, GFLOP/s and ratios ours/PyTorch.",
+    )
+    add_arguments(p)
+    p.set_defaults(handler=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from foldconv.benchmark import layers_from_args, run  # noqa: PLC0415
+
+    layers = layers_from_args(args)
+    out = run(
+        layers,
+        min_reps=args.min_reps,
+        budget_s=args.budget,
+        as_json=args.json,
+        progress=lambda s: print(s, file=sys.stderr),
+    )
+    print(out)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# the parser
+# --------------------------------------------------------------------------------------------
+# Subcommands, in --help order.
+SUBCOMMANDS: list[Callable[[Any], None]] = [
+    _add_train,
+    _add_evaluate,
+    _add_predict,
+    _add_bench,
+    _add_demo,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from foldconv import __version__  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Convolutional neural networks with every gradient written by hand.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Bad arguments exit through argparse (status 2, usage message); errors in the input
+    (ValueError, TypeError, missing files) print ``foldconv: error: ...`` and return 2.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.handler(args))
+    except (ValueError, TypeError, OSError) as e:
+        # OSError covers FileNotFoundError and PermissionError from paths the user gave.
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""foldconv bench: the suite definition, custom layers, the JSON output."""
+
+import json
+
+import pytest
+
+from foldconv import benchmark
+from foldconv.cli import main
+
+
+def test_suite_is_the_shared_cpu_suite():
+    names = [layer.name for layer in benchmark.CPU_SUITE]
+    assert names == [
+        "lenet_c1",
+        "lenet_c2",
+        "alexnet_c1",
+        "alexnet_c2_g2",
+        "alexnet_c3",
+        "vgg_c3",
+        "resnet_1x1",
+        "resnet_s2",
+        "depthwise",
+        "dilated",
+    ]
+    c3 = benchmark.CPU_SUITE[4]
+    assert c3.out_size() == (13, 13)
+    # 2 · N · C_out · H·W · C_in · K·K
+    assert c3.forward_flops() == 2 * 16 * 384 * 169 * 256 * 9
+
+
+def test_bench_one_custom_layer_as_json(capsys):
+    rc = main(
+        [
+            "bench",
+            "--in",
+            "2,4,9,9",
+            "--out-channels",
+            "6",
+            "--kernel",
+            "3",
+            "--padding",
+            "1",
+            "--budget",
+            "0.01",
+            "--min-reps",
+            "2",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    (row,) = report["rows"]
+    assert row["layer"]["size"] == [9, 9] and row["layer"]["out_channels"] == 6
+    assert row["ours_fwd_ms"] > 0 and row["ours_fwd_bwd_ms"] > 0
+    if "torch" in report["machine"]:
+        assert row["ratio_fwd"] == pytest.approx(row["ours_fwd_ms"] / row["torch_fwd_ms"])
+
+
+def test_bench_rejects_bad_layers(capsys):
+    assert main(["bench", "--layers", "nope"]) == 2
+    assert "--layers" in capsys.readouterr().err
+    assert main(["bench", "--in", "2,x,9"]) == 2
+    assert "--in" in capsys.readouterr().err
