@@ -25,6 +25,8 @@ def main(argv=None) -> int:
             min_reps=a.min_reps,
             budget_s=a.budget,
             as_json=a.json,
+            algorithm=a.algorithm,
+            settle_s=a.settle,
             progress=lambda s: print(s, file=sys.stderr),
         )
     )

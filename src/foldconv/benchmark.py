@@ -68,23 +68,40 @@ CPU_SUITE = (
 )
 
 
-def _median_time(fn: Callable[[], Any]) -> float:
+def _elapsed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
-def _interleaved(fns: dict[str, Callable[[], Any]], min_reps: int, budget_s: float) -> dict:
-    """Median seconds of each callable, timed round-robin after one warm-up each."""
-    for fn in fns.values():
-        fn()
+# BLAS and OpenMP worker threads keep spinning for a while after a call returns (OpenBLAS
+# for up to ~2^28 cycles, libgomp for its spin count) and steal the cores from whatever
+# runs next. Each block of timed calls therefore starts after a pause and an untimed call,
+# so that neither library is measured while the other's threads still spin.
+SETTLE_S = 0.15
+
+
+def _interleaved(
+    fns: dict[str, Callable[[], Any]],
+    min_reps: int,
+    budget_s: float,
+    per_block: int = 3,
+    settle_s: float = SETTLE_S,
+) -> dict:
+    """Median seconds of each callable: rounds of blocks, one block per callable per round.
+
+    A block is a pause of SETTLE_S, one untimed call, then ``per_block`` timed calls.
+    """
     samples: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
-    reps = 0
-    while reps < min_reps or (time.perf_counter() - start < budget_s and reps < 200):
+    rounds = 0
+    while rounds * per_block < min_reps or (time.perf_counter() - start < budget_s and rounds < 50):
         for key, fn in fns.items():
-            samples[key].append(_median_time(fn))
-        reps += 1
+            if settle_s > 0:
+                time.sleep(settle_s)
+                fn()
+            samples[key].extend(_elapsed(fn) for _ in range(per_block))
+        rounds += 1
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -96,7 +113,15 @@ def _torch():
     return torch
 
 
-def bench_layer(layer: Layer, *, min_reps: int = 5, budget_s: float = 2.0, seed: int = 0) -> dict:
+def bench_layer(
+    layer: Layer,
+    *,
+    min_reps: int = 5,
+    budget_s: float = 2.0,
+    seed: int = 0,
+    algorithm: str = "auto",
+    settle_s: float = SETTLE_S,
+) -> dict:
     """Time forward and forward+backward of one layer, ours and (if installed) PyTorch's."""
     from foldconv.functional import conv, conv_backward
 
@@ -113,11 +138,11 @@ def bench_layer(layer: Layer, *, min_reps: int = 5, budget_s: float = 2.0, seed:
     )
 
     def ours_fwd():
-        return conv(x, w, b, **opts)
+        return conv(x, w, b, **opts, algorithm=algorithm)
 
     def ours_fwd_bwd():
-        conv(x, w, b, **opts)
-        return conv_backward(gy, x, w, **opts)
+        conv(x, w, b, **opts, algorithm=algorithm)
+        return conv_backward(gy, x, w, **opts, algorithm=algorithm)
 
     fns = {"ours_fwd": ours_fwd, "ours_fwd_bwd": ours_fwd_bwd}
     torch = _torch()
@@ -144,10 +169,12 @@ def bench_layer(layer: Layer, *, min_reps: int = 5, budget_s: float = 2.0, seed:
             y.backward(gyt)
 
         fns.update(torch_fwd=torch_fwd, torch_fwd_bwd=torch_fwd_bwd)
-    t = _interleaved(fns, min_reps, budget_s)
+    t = _interleaved(fns, min_reps, budget_s, settle_s=settle_s)
     flops = layer.forward_flops()
     row = {
         "name": layer.name,
+        "algorithm": algorithm,
+        "picked": _picked(layer, x, w, opts) if algorithm == "auto" else None,
         "layer": asdict(layer),
         "ours_fwd_ms": t["ours_fwd"] * 1e3,
         "ours_fwd_bwd_ms": t["ours_fwd_bwd"] * 1e3,
@@ -162,6 +189,25 @@ def bench_layer(layer: Layer, *, min_reps: int = 5, budget_s: float = 2.0, seed:
             ratio_fwd_bwd=t["ours_fwd_bwd"] / t["torch_fwd_bwd"],
         )
     return row
+
+
+def _picked(layer: Layer, x, w, opts) -> dict:
+    """What algorithm='auto' runs for each pass of this layer (cost model or autotuner)."""
+    from foldconv.functional import _args, dispatch
+
+    g = _args.conv_geometry(
+        x.shape,
+        w.shape,
+        opts["stride"],
+        opts["padding"],
+        opts["dilation"],
+        opts["groups"],
+        "zeros",
+    )
+    if dispatch.get_benchmark():
+        tuned = {key[0]: name for key, name in dispatch.tuned_algorithms().items() if key[1] == g}
+        return tuned
+    return {p: dispatch.cost_model(p, g, x.dtype) for p in dispatch.PASSES}
 
 
 def geomean(values: list[float]) -> float:
@@ -198,7 +244,7 @@ def machine_info() -> dict:
 
 def format_table(rows: list[dict]) -> str:
     has_torch = all("torch_fwd_ms" in r for r in rows)
-    head = ["layer", "ours fwd ms", "ours f+b ms", "ours f+b GFLOP/s"]
+    head = ["layer", "ours fwd ms", "ours f+b ms", "ours f+b GFLOP/s", "algorithm (fwd/dx/dw)"]
     if has_torch:
         head[2:2] = ["torch fwd ms", "fwd ratio"]
         head[5:5] = ["torch f+b ms", "f+b ratio"]
@@ -211,11 +257,18 @@ def format_table(rows: list[dict]) -> str:
         if has_torch:
             cells += [f"{r['torch_fwd_bwd_ms']:.2f}", f"{r['ratio_fwd_bwd']:.2f}"]
         cells.append(f"{r['ours_fwd_bwd_gflops']:.1f}")
+        picked = r.get("picked")
+        if picked:
+            cells.append(
+                "/".join(picked.get(p, "?") for p in ("forward", "input_grad", "weight_grad"))
+            )
+        else:
+            cells.append(r["algorithm"])
         lines.append("| " + " | ".join(cells) + " |")
     if has_torch and rows:
         g_f = geomean([r["ratio_fwd"] for r in rows])
         g_fb = geomean([r["ratio_fwd_bwd"] for r in rows])
-        lines.append(f"| geometric mean | | | {g_f:.2f} | | | {g_fb:.2f} | |")
+        lines.append(f"| geometric mean | | | {g_f:.2f} | | | {g_fb:.2f} | | |")
     return "\n".join(lines)
 
 
@@ -226,12 +279,23 @@ def run(
     budget_s: float = 2.0,
     as_json: bool = False,
     progress: Callable[[str], None] | None = None,
+    algorithm: str = "auto",
+    settle_s: float = SETTLE_S,
 ) -> str:
+    """Benchmark ``layers``; returns the Markdown table (with a machine line) or JSON."""
     rows = []
     for layer in layers:
         if progress:
             progress(f"benchmarking {layer.name} ...")
-        rows.append(bench_layer(layer, min_reps=min_reps, budget_s=budget_s))
+        rows.append(
+            bench_layer(
+                layer,
+                min_reps=min_reps,
+                budget_s=budget_s,
+                algorithm=algorithm,
+                settle_s=settle_s,
+            )
+        )
     if as_json:
         return json.dumps({"machine": machine_info(), "rows": rows}, indent=2)
     info = machine_info()
@@ -269,6 +333,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of timing per layer")
     parser.add_argument("--min-reps", type=int, default=5, help="repetitions at least")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--algorithm",
+        default="auto",
+        choices=["auto", "im2col", "winograd", "depthwise", "direct"],
+        help="foldconv's algorithm (default: auto; im2col is the plain unfold + GEMM path)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_S,
+        help="seconds of pause before each block of timed calls, so that idle BLAS/OpenMP "
+        "threads of the other library stop spinning (0: back-to-back calls)",
+    )
 
 
 def layers_from_args(args) -> list[Layer]:

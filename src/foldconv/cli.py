@@ -305,6 +305,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         min_reps=args.min_reps,
         budget_s=args.budget,
         as_json=args.json,
+        algorithm=args.algorithm,
+        settle_s=args.settle,
         progress=lambda s: print(s, file=sys.stderr),
     )
     print(out)

@@ -186,14 +186,21 @@ def candidates(pass_: str, g: ConvGeometry, dtype: Any) -> list[str]:
 
 
 def cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
-    """The algorithm ``auto`` uses without the autotuner (rules measured on the suite)."""
+    """The algorithm ``auto`` uses without the autotuner.
+
+    Rules from timing each kernel on the CPU suite and on a sweep of 3x3 layers
+    (BENCHMARKS.md): the depthwise kernel always beats a GEMM with one input channel per
+    group; Winograd F(2x2, 3x3) wins once both channel counts reach 128 (below that its
+    transforms, which are memory-bound, cost more than the GEMM time it saves), and for
+    the input gradient only on large images (at 13x13 col2im is cheaper); dilated layers
+    split into phases too small for it.
+    """
     options = candidates(pass_, g, dtype)
     if "depthwise" in options:
         return "depthwise"
-    if "winograd" in options:
-        # Winograd pays off once the GEMMs are large enough to amortise its transforms.
+    if "winograd" in options and g.dilation == (1, 1):
         cin, cout = g.in_channels // g.groups, g.out_channels // g.groups
-        if min(cin, cout) >= 32 and min(g.out_shape) >= 8:
+        if min(cin, cout) >= 128 and (pass_ == "forward" or min(g.out_shape) >= 28):
             return "winograd"
     return "im2col"
 

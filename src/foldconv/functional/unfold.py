@@ -23,6 +23,7 @@ from foldconv.functional._args import (
     parse_padding,
 )
 from foldconv.functional.padding import apply_pad
+from foldconv.functional.threads import get_num_threads, parallel_map
 
 
 def tap_slices(tap, out_shape, stride, dilation) -> tuple[slice, ...]:
@@ -33,8 +34,25 @@ def tap_slices(tap, out_shape, stride, dilation) -> tuple[slice, ...]:
     )
 
 
+def _chunks(x: Any) -> list[tuple[slice, slice]]:
+    """Disjoint (batch, channel) blocks of an (N, C, ...) array, one per thread.
+
+    Channels are split when there are enough of them (so each thread writes its own
+    channels of the result), else samples.
+    """
+    n, c = x.shape[:2]
+    parts = get_num_threads()
+    if parts == 1 or n * c < 2 or x.size < (1 << 16):
+        return [(slice(None), slice(None))]
+    if c >= parts:
+        bounds = [c * i // parts for i in range(parts + 1)]
+        return [(slice(None), slice(a, b)) for a, b in itertools.pairwise(bounds) if b > a]
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [(slice(a, b), slice(None)) for a, b in itertools.pairwise(bounds) if b > a]
+
+
 def im2col_into(x_pad: Any, cols: Any, kernel, stride, dilation) -> None:
-    """Write the columns of ``x_pad`` into ``cols``: one strided copy.
+    """Write the columns of ``x_pad`` into ``cols``: one strided copy (per thread).
 
     A view of ``x_pad`` with shape (N, C, *K, *out) and strides
     (s_N, s_C, *(s_d·dilation_d), *(s_d·stride_d)) holds every receptive field without
@@ -57,16 +75,36 @@ def im2col_into(x_pad: Any, cols: Any, kernel, stride, dilation) -> None:
         + tuple(s * d for s, d in zip(sp, dilation, strict=True))
         + tuple(s * t for s, t in zip(sp, stride, strict=True)),
     )
-    cols[...] = window
+    if xp.__name__ != "numpy":
+        cols[...] = window
+        return
+
+    def copy(block):
+        cols[block] = window[block]
+
+    parallel_map(copy, _chunks(cols))
 
 
 def col2im_add(cols: Any, dx_pad: Any, kernel, stride, dilation) -> None:
-    """dx_pad += fold(cols): the adjoint of :func:`im2col_into` (one strided add per tap)."""
+    """dx_pad += fold(cols): the adjoint of :func:`im2col_into`.
+
+    One strided add per kernel tap; threads take disjoint channel (or sample) blocks, so
+    no two ever add into the same element and the sums are deterministic.
+    """
     ndim = len(kernel)
     out_shape = cols.shape[2 + ndim :]
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        dst = (slice(None), slice(None)) + tap_slices(tap, out_shape, stride, dilation)
-        dx_pad[dst] += cols[(slice(None), slice(None)) + tap]
+    taps = list(itertools.product(*(range(k) for k in kernel)))
+    windows = [tap_slices(tap, out_shape, stride, dilation) for tap in taps]
+
+    def add(block):
+        src, dst = cols[block], dx_pad[block]
+        for tap, win in zip(taps, windows, strict=True):
+            dst[(slice(None), slice(None)) + win] += src[(slice(None), slice(None)) + tap]
+
+    if get_array_module(dx_pad).__name__ != "numpy":
+        add((slice(None), slice(None)))
+        return
+    parallel_map(add, _chunks(dx_pad))
 
 
 class Tile:

@@ -88,7 +88,11 @@ def fits(g: ConvGeometry, m: int, itemsize: int) -> bool:
 
 
 def _forward_phase(x: Any, w: Any, groups: int, out_hw: tuple[int, int], m: int) -> Any:
-    """Undilated 3x3 stride-1 convolution of x (N, C, H, W) giving (N, K, *out_hw)."""
+    """Undilated 3x3 stride-1 convolution of x (N, C, H, W).
+
+    Returns the output tiles as a (N, K, tiles_h, m, tiles_w, m) view (not a copy): the
+    caller writes it into its output, cropping the last tiles to ``out_hw``.
+    """
     xp = get_array_module(x)
     n, c, h, wd = x.shape
     k = w.shape[0]
@@ -102,12 +106,21 @@ def _forward_phase(x: Any, w: Any, groups: int, out_hw: tuple[int, int], m: int)
         x = ext
     bb, gg, aa = (xp.asarray(t) for t in _kron(m, x.dtype.str))
     t = n * nh * nw
-    sn, sc, sh, sw = x.strides
-    tiles = xp.lib.stride_tricks.as_strided(
-        x, shape=(a, a, c, n, nh, nw), strides=(sh, sw, sc, sn, m * sh, m * sw)
-    )
-    d = xp.empty((a * a, c * t), dtype=x.dtype)
-    d.reshape(a, a, c, n, nh, nw)[...] = tiles
+    # Gather the (m+2) x (m+2) tiles, overlapping by 2, as D[(a, b), c, (n, i, j)] =
+    # x[n, c, i·m + a, j·m + b]. Read directly, the innermost index j steps by m columns;
+    # splitting the columns into their m phases first (x[..., q::m], one pass) makes every
+    # run of j contiguous, which is what makes this copy run at memory speed.
+    phases = [xp.ascontiguousarray(x[..., q::m]) for q in range(m)]
+    d = xp.empty((a, a, c, n, nh, nw), dtype=x.dtype)
+    for b in range(a):
+        ph = phases[b % m]
+        sn, sc, sh, sw = ph.strides
+        view = xp.lib.stride_tricks.as_strided(
+            ph[..., b // m :], shape=(a, c, n, nh, nw), strides=(sh, sc, sn, m * sh, sw)
+        )
+        d[:, b] = view
+    del phases
+    d = d.reshape(a * a, c * t)
     v = xp.matmul(bb, d).reshape(a * a, groups, c // groups, t)  # B^T d B
     del d
     kg, cg = k // groups, c // groups
@@ -118,8 +131,7 @@ def _forward_phase(x: Any, w: Any, groups: int, out_hw: tuple[int, int], m: int)
             xp.matmul(u[xi, j], v[xi, j], out=mm[xi, j])
     del v
     y = xp.matmul(aa, mm.reshape(a * a, k * t))  # A^T M A: (m·m, K·T)
-    y = y.reshape(m, m, k, n, nh, nw).transpose(3, 2, 4, 0, 5, 1).reshape(n, k, nh * m, nw * m)
-    return y[:, :, : out_hw[0], : out_hw[1]]
+    return y.reshape(m, m, k, n, nh, nw).transpose(3, 2, 4, 0, 5, 1)
 
 
 def forward(x_pad: Any, w: Any, g: ConvGeometry, m: int = 4) -> Any:
@@ -149,7 +161,13 @@ def forward(x_pad: Any, w: Any, g: ConvGeometry, m: int = 4) -> Any:
             step = max(1, limit // max(per_sample, 1))
             for n0 in range(0, g.batch, step):
                 n1 = min(g.batch, n0 + step)
-                y[n0:n1, :, p::dh, q::dw] = _forward_phase(
-                    phase[n0:n1], w, g.groups, (rows, cols), m
-                )
+                tiles = _forward_phase(phase[n0:n1], w, g.groups, (rows, cols), m)
+                _, _, nh, _, nw, _ = tiles.shape
+                dest = y[n0:n1, :, p::dh, q::dw]
+                if (dh, dw) == (1, 1) and (rows, cols) == (nh * m, nw * m):
+                    # Whole tiles: one copy straight into the output.
+                    dest.reshape(tiles.shape)[...] = tiles
+                else:
+                    full = tiles.reshape(n1 - n0, g.out_channels, nh * m, nw * m)
+                    dest[...] = full[:, :, :rows, :cols]
     return y
