@@ -27,6 +27,7 @@ def main(argv=None) -> int:
             as_json=a.json,
             algorithm=a.algorithm,
             settle_s=a.settle,
+            baseline=a.baseline,
             progress=lambda s: print(s, file=sys.stderr),
         )
     )

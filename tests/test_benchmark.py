@@ -61,3 +61,24 @@ def test_bench_rejects_bad_layers(capsys):
     assert "--layers" in capsys.readouterr().err
     assert main(["bench", "--in", "2,x,9"]) == 2
     assert "--in" in capsys.readouterr().err
+
+
+def test_plain_numpy_baseline_computes_the_convolution():
+    import numpy as np
+
+    from foldconv.functional import conv, conv_backward
+    from tests.gradcheck import rel_err
+
+    rng = np.random.default_rng(0)
+    layer = benchmark.Layer("t", 2, 4, 6, (9, 8), 3, stride=2, padding=1, dilation=1, groups=2)
+    x = rng.standard_normal((2, 4, 9, 8))
+    w = rng.standard_normal((6, 2, 3, 3))
+    b = rng.standard_normal(6)
+    plain = benchmark.PlainNumPy(layer)
+    opts = dict(stride=2, padding=1, groups=2)
+    y = plain.forward(x, w, b)
+    assert rel_err(y, conv(x, w, b, **opts, algorithm="direct")) <= 1e-12
+    dy = rng.standard_normal(y.shape)
+    ours = conv_backward(dy, x, w, **opts, algorithm="direct")
+    for a, r in zip(plain.backward(dy, x, w), ours, strict=True):
+        assert rel_err(a, r) <= 1e-12

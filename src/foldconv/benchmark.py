@@ -105,6 +105,63 @@ def _interleaved(
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+class PlainNumPy:
+    """The seed written straightforwardly: the baseline of shared/docs/bench-suite.md.
+
+    im2col by KH·KW strided copies into a (C·KH·KW, N·Ho·Wo) matrix, one GEMM per group,
+    col2im by KH·KW strided adds; 2-d only. Timed beside ours and PyTorch's so that "not
+    slower than plain NumPy" is judged in the same run. Not used by the library.
+    """
+
+    def __init__(self, layer: Layer):
+        if layer.ndim != 2:
+            raise ValueError("layer: the plain NumPy baseline is 2-d only")
+        self.l = layer
+
+    def _cols(self, x):
+        l, k = self.l, self.l.kernel
+        p, s, d = l.padding, l.stride, l.dilation
+        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+        n, c = x.shape[:2]
+        ho, wo = l.out_size()
+        cols = np.empty((c, k, k, n, ho, wo), dtype=x.dtype)
+        for i in range(k):
+            for j in range(k):
+                cols[:, i, j] = xp[
+                    :, :, i * d : i * d + s * (ho - 1) + 1 : s, j * d : j * d + s * (wo - 1) + 1 : s
+                ].transpose(1, 0, 2, 3)
+        return cols.reshape(l.groups, c // l.groups * k * k, n * ho * wo), xp.shape
+
+    def forward(self, x, w, b):
+        l = self.l
+        cols, _ = self._cols(x)
+        wg = w.reshape(l.groups, l.out_channels // l.groups, -1)
+        y = np.stack([wg[g] @ cols[g] for g in range(l.groups)])
+        ho, wo = l.out_size()
+        y = y.reshape(l.out_channels, x.shape[0], ho, wo).transpose(1, 0, 2, 3) + b[:, None, None]
+        return np.ascontiguousarray(y)
+
+    def backward(self, dy, x, w):
+        l, k = self.l, self.l.kernel
+        cols, padded = self._cols(x)
+        n = x.shape[0]
+        ho, wo = l.out_size()
+        dyg = dy.transpose(1, 0, 2, 3).reshape(l.groups, l.out_channels // l.groups, -1)
+        wg = w.reshape(l.groups, l.out_channels // l.groups, -1)
+        dw = np.stack([dyg[g] @ cols[g].T for g in range(l.groups)]).reshape(w.shape)
+        dcols = np.stack([wg[g].T @ dyg[g] for g in range(l.groups)])
+        dcols = dcols.reshape(l.in_channels, k, k, n, ho, wo)
+        dxp = np.zeros(padded, dtype=x.dtype)
+        s, d, p = l.stride, l.dilation, l.padding
+        for i in range(k):
+            for j in range(k):
+                dxp[
+                    :, :, i * d : i * d + s * (ho - 1) + 1 : s, j * d : j * d + s * (wo - 1) + 1 : s
+                ] += dcols[:, i, j].transpose(1, 0, 2, 3)
+        dx = dxp[:, :, p : padded[2] - p, p : padded[3] - p]
+        return dx, dw, dy.sum(axis=(0, 2, 3))
+
+
 def _torch():
     try:
         import torch
@@ -121,6 +178,7 @@ def bench_layer(
     seed: int = 0,
     algorithm: str = "auto",
     settle_s: float = SETTLE_S,
+    baseline: bool = False,
 ) -> dict:
     """Time forward and forward+backward of one layer, ours and (if installed) PyTorch's."""
     from foldconv.functional import conv, conv_backward
@@ -145,6 +203,14 @@ def bench_layer(
         return conv_backward(gy, x, w, **opts, algorithm=algorithm)
 
     fns = {"ours_fwd": ours_fwd, "ours_fwd_bwd": ours_fwd_bwd}
+    if baseline and layer.ndim == 2:
+        plain = PlainNumPy(layer)
+
+        def plain_fwd_bwd():
+            plain.forward(x, w, b)
+            return plain.backward(gy, x, w)
+
+        fns.update(plain_fwd=lambda: plain.forward(x, w, b), plain_fwd_bwd=plain_fwd_bwd)
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(int(os.environ.get("FOLDCONV_BENCH_THREADS", "2")))
@@ -181,6 +247,8 @@ def bench_layer(
         "ours_fwd_gflops": flops / t["ours_fwd"] / 1e9,
         "ours_fwd_bwd_gflops": 3 * flops / t["ours_fwd_bwd"] / 1e9,
     }
+    if "plain_fwd" in t:
+        row.update(plain_fwd_ms=t["plain_fwd"] * 1e3, plain_fwd_bwd_ms=t["plain_fwd_bwd"] * 1e3)
     if torch is not None:
         row.update(
             torch_fwd_ms=t["torch_fwd"] * 1e3,
@@ -188,6 +256,11 @@ def bench_layer(
             ratio_fwd=t["ours_fwd"] / t["torch_fwd"],
             ratio_fwd_bwd=t["ours_fwd_bwd"] / t["torch_fwd_bwd"],
         )
+        if "plain_fwd" in t:
+            row.update(
+                plain_ratio_fwd=t["plain_fwd"] / t["torch_fwd"],
+                plain_ratio_fwd_bwd=t["plain_fwd_bwd"] / t["torch_fwd_bwd"],
+            )
     return row
 
 
@@ -248,6 +321,9 @@ def format_table(rows: list[dict]) -> str:
     if has_torch:
         head[2:2] = ["torch fwd ms", "fwd ratio"]
         head[5:5] = ["torch f+b ms", "f+b ratio"]
+    has_plain = has_torch and all("plain_fwd_bwd_ms" in r for r in rows)
+    if has_plain:
+        head += ["plain NumPy f+b ms", "plain f+b ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["name"], f"{r['ours_fwd_ms']:.2f}"]
@@ -264,11 +340,17 @@ def format_table(rows: list[dict]) -> str:
             )
         else:
             cells.append(r["algorithm"])
+        if has_plain:
+            cells += [f"{r['plain_fwd_bwd_ms']:.2f}", f"{r['plain_ratio_fwd_bwd']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     if has_torch and rows:
         g_f = geomean([r["ratio_fwd"] for r in rows])
         g_fb = geomean([r["ratio_fwd_bwd"] for r in rows])
-        lines.append(f"| geometric mean | | | {g_f:.2f} | | | {g_fb:.2f} | | |")
+        tail = " | |"
+        if has_plain:
+            g_p = geomean([r["plain_ratio_fwd_bwd"] for r in rows])
+            tail += f" | {g_p:.2f} |"
+        lines.append(f"| geometric mean | | | {g_f:.2f} | | | {g_fb:.2f} |{tail}")
     return "\n".join(lines)
 
 
@@ -281,6 +363,7 @@ def run(
     progress: Callable[[str], None] | None = None,
     algorithm: str = "auto",
     settle_s: float = SETTLE_S,
+    baseline: bool = False,
 ) -> str:
     """Benchmark ``layers``; returns the Markdown table (with a machine line) or JSON."""
     rows = []
@@ -294,6 +377,7 @@ def run(
                 budget_s=budget_s,
                 algorithm=algorithm,
                 settle_s=settle_s,
+                baseline=baseline,
             )
         )
     if as_json:
@@ -338,6 +422,11 @@ def add_arguments(parser) -> None:
         default="auto",
         choices=["auto", "im2col", "winograd", "depthwise", "direct"],
         help="foldconv's algorithm (default: auto; im2col is the plain unfold + GEMM path)",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also time the plain NumPy im2col of shared/docs/bench-suite.md (2-d layers)",
     )
     parser.add_argument(
         "--settle",

@@ -307,6 +307,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         as_json=args.json,
         algorithm=args.algorithm,
         settle_s=args.settle,
+        baseline=args.baseline,
         progress=lambda s: print(s, file=sys.stderr),
     )
     print(out)
