@@ -67,8 +67,13 @@ def _prepare(x: Any, weight: Any, bias: Any = None, grad_output: Any = None):
     return xb, unbatched, weight, bias, grad_output, xp
 
 
-def _bias_shape(ndim: int) -> tuple[int, ...]:
-    return (1, -1) + (1,) * ndim
+def _finish(y: Any, bias: Any, dtype: Any, unbatched: bool) -> Any:
+    """Add the bias per output channel (eq. F's + b), cast back to the input's dtype
+    (float16 is computed in float32) and drop the batch axis of unbatched input."""
+    if bias is not None:
+        y += bias.astype(y.dtype, copy=False).reshape((1, -1) + (1,) * (y.ndim - 2))
+    y = y.astype(dtype, copy=False)
+    return y[0] if unbatched else y
 
 
 def _batched_grad(grad_output: Any, unbatched: bool, expected: tuple[int, ...]) -> Any:
@@ -124,10 +129,7 @@ def conv(
     x_pad = apply_pad(xb.astype(cdt, copy=False), g.pads, g.padding_mode)
     w = weight.astype(cdt, copy=False)
     y = dispatch.run("forward", algorithm, g, x_pad, w)
-    if bias is not None:
-        y += bias.astype(cdt, copy=False).reshape(_bias_shape(g.ndim))
-    y = y.astype(xb.dtype, copy=False)
-    return y[0] if unbatched else y
+    return _finish(y, bias, xb.dtype, unbatched)
 
 
 def conv_backward(
@@ -222,10 +224,7 @@ def conv_transpose(
     w = weight.astype(cdt, copy=False)
     y_pad = dispatch.run("input_grad", algorithm, g, dy, w)
     y = pad_adjoint(y_pad, g.in_shape, g.pads, "zeros")
-    if bias is not None:
-        y += bias.astype(cdt, copy=False).reshape(_bias_shape(g.ndim))
-    y = y.astype(xb.dtype, copy=False)
-    return y[0] if unbatched else y
+    return _finish(y, bias, xb.dtype, unbatched)
 
 
 def conv_transpose_backward(
