@@ -190,17 +190,20 @@ def cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
 
     Rules from timing each kernel on the CPU suite and on a sweep of 3x3 layers
     (BENCHMARKS.md): the depthwise kernel always beats a GEMM with one input channel per
-    group; Winograd F(2x2, 3x3) wins once both channel counts reach 128 (below that its
-    transforms, which are memory-bound, cost more than the GEMM time it saves), and for
-    the input gradient only on large images (at 13x13 col2im is cheaper); dilated layers
-    split into phases too small for it.
+    group. Winograd F(2x2, 3x3) wins the forward once both channel counts per group reach
+    128 (below that its transforms, which are memory-bound, cost more than the GEMM time
+    it saves), and the input gradient, whose col2im costs more than the forward's unfold,
+    from 64 on. Neither pays on outputs under 8x8, nor the forward on dilated layers,
+    whose phases are too small.
     """
     options = candidates(pass_, g, dtype)
     if "depthwise" in options:
         return "depthwise"
-    if "winograd" in options and g.dilation == (1, 1):
-        cin, cout = g.in_channels // g.groups, g.out_channels // g.groups
-        if min(cin, cout) >= 128 and (pass_ == "forward" or min(g.out_shape) >= 28):
+    if "winograd" in options and min(g.out_shape) >= 8:
+        channels = min(g.in_channels, g.out_channels) // g.groups
+        if pass_ == "forward" and channels >= 128 and g.dilation == (1, 1):
+            return "winograd"
+        if pass_ == "input_grad" and channels >= 64:
             return "winograd"
     return "im2col"
 

@@ -11,8 +11,8 @@ Two buffer layouts, chosen per geometry:
   read in order by col2im, and a stride-1 1x1 convolution needs no copy at all (its
   columns *are* the input). Best when one sample has many output positions.
 ``batch``: cols (C_in, *K, n, *P), one GEMM per group over n·P columns. Best when
-  each sample has few positions (LeNet, AlexNet's 13x13 layers), where per-sample
-  GEMMs would be too small to run at the BLAS rate.
+  each sample has few positions (LeNet's 10x10), where per-sample GEMMs would be too
+  small to run at the BLAS rate.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from foldconv.backend import get_array_module
 from foldconv.functional._args import ConvGeometry
 from foldconv.functional.unfold import Tile, col2im_add, im2col_into, plan_tiles
 
-# Per-sample GEMMs run near the BLAS rate from about this many output positions on
-# (measured on the CPU suite: 13x13 = 169 positions is better batched, 28x28 is not).
-SAMPLE_LAYOUT_MIN_POSITIONS = 400
+# Output positions per sample from which the per-sample layout wins (measured: 13x13 =
+# 169 does, LeNet's 10x10 = 100 does not).
+SAMPLE_LAYOUT_MIN_POSITIONS = 144
 
 _local = threading.local()
 
@@ -54,13 +54,34 @@ def scratch(n: int, dtype: Any, xp: Any) -> Any:
     return buf[:n]
 
 
+def scratch_split(sizes: list[int], dtype: Any, xp: Any) -> list[Any]:
+    """Several disjoint scratch arrays carved from one cached buffer (so that what is
+    kept between calls is one buffer, bounded like any other)."""
+    buf = scratch(sum(sizes), dtype, xp)
+    out, start = [], 0
+    for n in sizes:
+        out.append(buf[start : start + n])
+        start += n
+    return out
+
+
 def release_scratch() -> None:
     """Free this thread's cached scratch buffers."""
     _local.buffers = {}
 
 
-def choose_layout(g: ConvGeometry) -> str:
-    return "sample" if math.prod(g.out_shape) >= SAMPLE_LAYOUT_MIN_POSITIONS else "batch"
+def choose_layout(g: ConvGeometry, pass_: str = "forward") -> str:
+    """The buffer layout for one pass (measured on the suite, BENCHMARKS.md).
+
+    A stride-1 1x1 layer always takes 'sample' (no unfold at all). Otherwise 'sample'
+    from SAMPLE_LAYOUT_MIN_POSITIONS output positions per sample on, in every pass: the
+    forward lands straight in the output and col2im reads its columns in order (at 13x13,
+    256 -> 384 channels, the input gradient takes 31 ms against 45 ms batched), while tiny
+    layers (LeNet's 10x10) are a little faster batched.
+    """
+    if _is_pointwise(g) or math.prod(g.out_shape) >= SAMPLE_LAYOUT_MIN_POSITIONS:
+        return "sample"
+    return "batch"
 
 
 def _is_pointwise(g: ConvGeometry) -> bool:
@@ -132,7 +153,7 @@ def forward(x_pad: Any, w: Any, g: ConvGeometry, layout: str | None = None) -> A
     ndarray, shape (N, C_out, *out)
     """
     xp = get_array_module(x_pad)
-    layout = layout or choose_layout(g)
+    layout = layout or choose_layout(g, "forward")
     G, cog = g.groups, g.out_channels // g.groups
     wg = w.reshape(G, cog, -1)
     y = xp.empty((g.batch, g.out_channels) + g.out_shape, dtype=x_pad.dtype)
@@ -168,7 +189,7 @@ def weight_grad(dy: Any, x_pad: Any, g: ConvGeometry, layout: str | None = None)
     ndarray, shape (C_out, C_in/G, *K)
     """
     xp = get_array_module(x_pad)
-    layout = layout or choose_layout(g)
+    layout = layout or choose_layout(g, "weight_grad")
     G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
     dw = xp.zeros((G, cog, cig * g.kernel_size), dtype=x_pad.dtype)
     tmp = xp.empty_like(dw[0])
@@ -196,7 +217,7 @@ def input_grad(dy: Any, w: Any, g: ConvGeometry, layout: str | None = None) -> A
     ndarray, shape (N, C_in, *S_pad)
     """
     xp = get_array_module(dy)
-    layout = layout or choose_layout(g)
+    layout = layout or choose_layout(g, "input_grad")
     G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
     rows = cig * g.kernel_size
     wg_t = w.reshape(G, cog, rows).transpose(0, 2, 1)  # W̃ᵀ per group

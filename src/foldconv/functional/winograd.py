@@ -29,6 +29,7 @@ import numpy as np
 from foldconv._config import get_workspace_limit
 from foldconv.backend import get_array_module
 from foldconv.functional._args import ConvGeometry
+from foldconv.functional.im2col import scratch_split
 
 
 @cache
@@ -78,8 +79,9 @@ def supports(g: ConvGeometry) -> bool:
 def _bytes_per_sample(g: ConvGeometry, m: int, itemsize: int, out_shape) -> int:
     a2 = (m + 2) ** 2
     tiles = math.prod(-(-o // m) for o in out_shape)
-    # D, V (C_in columns each) and M (C_out columns) per transform position.
-    return a2 * tiles * (2 * g.in_channels + g.out_channels) * itemsize
+    # D, V (C_in columns each) and M (C_out columns) per transform position, and the
+    # m x m output tiles.
+    return tiles * (a2 * (2 * g.in_channels + g.out_channels) + m * m * g.out_channels) * itemsize
 
 
 def fits(g: ConvGeometry, m: int, itemsize: int) -> bool:
@@ -111,7 +113,12 @@ def _forward_phase(x: Any, w: Any, groups: int, out_hw: tuple[int, int], m: int)
     # splitting the columns into their m phases first (x[..., q::m], one pass) makes every
     # run of j contiguous, which is what makes this copy run at memory speed.
     phases = [xp.ascontiguousarray(x[..., q::m]) for q in range(m)]
-    d = xp.empty((a, a, c, n, nh, nw), dtype=x.dtype)
+    # D, V and M live in the reused scratch buffer: fresh pages for three arrays of this
+    # size cost more to fault in than the transforms that fill them.
+    d_buf, v_buf, m_buf, y_buf = scratch_split(
+        [a * a * c * t, a * a * c * t, a * a * k * t, m * m * k * t], x.dtype, xp
+    )
+    d = d_buf.reshape(a, a, c, n, nh, nw)
     for b in range(a):
         ph = phases[b % m]
         sn, sc, sh, sw = ph.strides
@@ -120,17 +127,17 @@ def _forward_phase(x: Any, w: Any, groups: int, out_hw: tuple[int, int], m: int)
         )
         d[:, b] = view
     del phases
-    d = d.reshape(a * a, c * t)
-    v = xp.matmul(bb, d).reshape(a * a, groups, c // groups, t)  # B^T d B
-    del d
+    v = v_buf.reshape(a * a, c * t)
+    xp.matmul(bb, d.reshape(a * a, c * t), out=v)  # B^T d B
+    v = v.reshape(a * a, groups, c // groups, t)
     kg, cg = k // groups, c // groups
     u = xp.matmul(gg, w.reshape(k * cg, 9).T).reshape(a * a, groups, kg, cg)  # G g G^T
-    mm = xp.empty((a * a, groups, kg, t), dtype=x.dtype)
+    mm = m_buf.reshape(a * a, groups, kg, t)
     for xi in range(a * a):
         for j in range(groups):
             xp.matmul(u[xi, j], v[xi, j], out=mm[xi, j])
-    del v
-    y = xp.matmul(aa, mm.reshape(a * a, k * t))  # A^T M A: (m·m, K·T)
+    y = y_buf.reshape(m * m, k * t)
+    xp.matmul(aa, mm.reshape(a * a, k * t), out=y)  # A^T M A
     return y.reshape(m, m, k, n, nh, nw).transpose(3, 2, 4, 0, 5, 1)
 
 
