@@ -8,7 +8,8 @@ Passes: ``forward`` (eq. F), ``input_grad`` (eq. BX / BX') and ``weight_grad``
 - ``full_conv``: input gradient only, the full convolution of δ with the flipped kernel,
   itself run by im2col (every geometry);
 - ``winograd``: F(2x2, 3x3) in float32 (F(4x4, 3x3) in float64), 2-d 3x3 stride-1
-  layers (any dilation, any groups); input gradient as a Winograd full convolution;
+  layers (any dilation, any groups), all three passes: the input gradient as a Winograd
+  full convolution, the weight gradient in the Winograd domain;
 - ``depthwise``: direct per-tap passes for groups == C_in.
 
 ``auto`` asks the autotuner when :func:`set_benchmark` is on (each candidate is timed
@@ -172,12 +173,16 @@ _KERNELS: dict[str, dict[str, tuple[Callable, Callable]]] = {
     "weight_grad": {
         "direct": (lambda g, dt: True, conv_weight_grad_direct),
         "im2col": (lambda g, dt: True, im2col.weight_grad),
+        "winograd": (
+            lambda g, dt: winograd.supports(g) and winograd.fits(g, _winograd_m(dt), dt.itemsize),
+            lambda dy, x_pad, g: winograd.weight_grad(dy, x_pad, g, _winograd_m(x_pad.dtype)),
+        ),
         "depthwise": (lambda g, dt: depthwise.supports(g), depthwise.weight_grad),
     },
 }
 
 # What an explicitly requested algorithm means for a pass it has no kernel for.
-_FALLBACK = {"full_conv": "im2col", "winograd": "im2col"}
+_FALLBACK = {"full_conv": "im2col"}
 
 
 def candidates(pass_: str, g: ConvGeometry, dtype: Any) -> list[str]:
@@ -190,18 +195,18 @@ def cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
 
     Rules from timing each kernel on the CPU suite and on a sweep of 3x3 layers
     (BENCHMARKS.md): the depthwise kernel always beats a GEMM with one input channel per
-    group. Winograd F(2x2, 3x3) wins the forward once both channel counts per group reach
-    128 (below that its transforms, which are memory-bound, cost more than the GEMM time
-    it saves), and the input gradient, whose col2im costs more than the forward's unfold,
-    from 64 on. Neither pays on outputs under 8x8, nor the forward on dilated layers,
-    whose phases are too small.
+    group. Winograd F(2x2, 3x3) wins the forward and the weight gradient once both
+    channel counts per group reach 128 (below that its transforms, which are
+    memory-bound, cost more than the GEMM time they save), and the input gradient, whose
+    col2im costs more than the forward's unfold, from 64 on. Neither pays on outputs under
+    8x8, nor the forward and weight gradient on dilated layers, whose phases are small.
     """
     options = candidates(pass_, g, dtype)
     if "depthwise" in options:
         return "depthwise"
     if "winograd" in options and min(g.out_shape) >= 8:
         channels = min(g.in_channels, g.out_channels) // g.groups
-        if pass_ == "forward" and channels >= 128 and g.dilation == (1, 1):
+        if pass_ in ("forward", "weight_grad") and channels >= 128 and g.dilation == (1, 1):
             return "winograd"
         if pass_ == "input_grad" and channels >= 64:
             return "winograd"

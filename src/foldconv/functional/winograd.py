@@ -89,15 +89,14 @@ def fits(g: ConvGeometry, m: int, itemsize: int) -> bool:
     return _bytes_per_sample(g, m, itemsize, phase_out) <= get_workspace_limit()
 
 
-def _forward_phase(x: Any, w: Any, groups: int, out_hw: tuple[int, int], m: int) -> Any:
-    """Undilated 3x3 stride-1 convolution of x (N, C, H, W).
+def _input_transform(x: Any, out_hw: tuple[int, int], m: int, d_buf: Any, v_buf: Any):
+    """V = B^T d B for every (m+2) x (m+2) input tile of x (N, C, H, W).
 
-    Returns the output tiles as a (N, K, tiles_h, m, tiles_w, m) view (not a copy): the
-    caller writes it into its output, cropping the last tiles to ``out_hw``.
+    Returns V as (a², C, T) in ``v_buf`` (a = m + 2, T = N · tiles_h · tiles_w) and the
+    tile counts (tiles_h, tiles_w).
     """
     xp = get_array_module(x)
     n, c, h, wd = x.shape
-    k = w.shape[0]
     a = m + 2
     nh, nw = -(-out_hw[0] // m), -(-out_hw[1] // m)
     he, we = nh * m + 2, nw * m + 2
@@ -106,19 +105,13 @@ def _forward_phase(x: Any, w: Any, groups: int, out_hw: tuple[int, int], m: int)
         hh, ww = min(h, he), min(wd, we)
         ext[:, :, :hh, :ww] = x[:, :, :hh, :ww]
         x = ext
-    bb, gg, aa = (xp.asarray(t) for t in _kron(m, x.dtype.str))
     t = n * nh * nw
-    # Gather the (m+2) x (m+2) tiles, overlapping by 2, as D[(a, b), c, (n, i, j)] =
-    # x[n, c, i·m + a, j·m + b]. Read directly, the innermost index j steps by m columns;
-    # splitting the columns into their m phases first (x[..., q::m], one pass) makes every
-    # run of j contiguous, which is what makes this copy run at memory speed.
+    # Gather the tiles, overlapping by 2, as D[(a, b), c, (n, i, j)] = x[n, c, i·m+a, j·m+b].
+    # Read directly, the innermost index j steps by m columns; splitting the columns into
+    # their m phases first (x[..., q::m], one pass) makes every run of j contiguous, which
+    # is what makes this copy run at memory speed.
     phases = [xp.ascontiguousarray(x[..., q::m]) for q in range(m)]
-    # D, V and M live in the reused scratch buffer: fresh pages for three arrays of this
-    # size cost more to fault in than the transforms that fill them.
-    d_buf, v_buf, m_buf, y_buf = scratch_split(
-        [a * a * c * t, a * a * c * t, a * a * k * t, m * m * k * t], x.dtype, xp
-    )
-    d = d_buf.reshape(a, a, c, n, nh, nw)
+    d = d_buf[: a * a * c * t].reshape(a, a, c, n, nh, nw)
     for b in range(a):
         ph = phases[b % m]
         sn, sc, sh, sw = ph.strides
@@ -127,10 +120,37 @@ def _forward_phase(x: Any, w: Any, groups: int, out_hw: tuple[int, int], m: int)
         )
         d[:, b] = view
     del phases
-    v = v_buf.reshape(a * a, c * t)
-    xp.matmul(bb, d.reshape(a * a, c * t), out=v)  # B^T d B
-    v = v.reshape(a * a, groups, c // groups, t)
+    bb = xp.asarray(_kron(m, x.dtype.str)[0])
+    v = v_buf[: a * a * c * t].reshape(a * a, c, t)
+    xp.matmul(bb, d.reshape(a * a, c * t), out=v.reshape(a * a, c * t))
+    return v, (nh, nw)
+
+
+def _buffers(x: Any, k: int, out_hw: tuple[int, int], m: int) -> list[Any]:
+    """D, V, M and the m x m output tiles, carved from the reused scratch buffer: fresh
+    pages for arrays of this size cost more to fault in than the transforms that fill them."""
+    n, c = x.shape[:2]
+    a2, t = (m + 2) ** 2, n * (-(-out_hw[0] // m)) * (-(-out_hw[1] // m))
+    return scratch_split(
+        [a2 * c * t, a2 * c * t, a2 * k * t, m * m * k * t], x.dtype, get_array_module(x)
+    )
+
+
+def _forward_phase(x: Any, w: Any, groups: int, out_hw: tuple[int, int], m: int) -> Any:
+    """Undilated 3x3 stride-1 convolution of x (N, C, H, W).
+
+    Returns the output tiles as a (N, K, tiles_h, m, tiles_w, m) view (not a copy): the
+    caller writes it into its output, cropping the last tiles to ``out_hw``.
+    """
+    xp = get_array_module(x)
+    n, c = x.shape[:2]
+    k, a = w.shape[0], m + 2
+    d_buf, v_buf, m_buf, y_buf = _buffers(x, k, out_hw, m)
+    v, (nh, nw) = _input_transform(x, out_hw, m, d_buf, v_buf)
+    t = v.shape[2]
+    _, gg, aa = (xp.asarray(mat) for mat in _kron(m, x.dtype.str))
     kg, cg = k // groups, c // groups
+    v = v.reshape(a * a, groups, cg, t)
     u = xp.matmul(gg, w.reshape(k * cg, 9).T).reshape(a * a, groups, kg, cg)  # G g G^T
     mm = m_buf.reshape(a * a, groups, kg, t)
     for xi in range(a * a):
@@ -139,6 +159,68 @@ def _forward_phase(x: Any, w: Any, groups: int, out_hw: tuple[int, int], m: int)
     y = y_buf.reshape(m * m, k * t)
     xp.matmul(aa, mm.reshape(a * a, k * t), out=y)  # A^T M A
     return y.reshape(m, m, k, n, nh, nw).transpose(3, 2, 4, 0, 5, 1)
+
+
+def _weight_grad_phase(dy: Any, x: Any, groups: int, out_hw: tuple[int, int], m: int) -> Any:
+    """dW of an undilated 3x3 stride-1 convolution, in the Winograd domain.
+
+    The forward is y = A^T [U ⊙ V] A with U = G g G^T; so dU[ξ] = Σ_tiles dM[ξ] · V[ξ]^T
+    with dM = A dy A^T (per tile), and dW = G^T dU G: per transform position ξ, one GEMM
+    (C_out x tiles) · (tiles x C_in), as in the forward.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, K, *out_hw)
+    x : ndarray, shape (N, C, H, W)
+
+    Returns
+    -------
+    ndarray, shape (K, C/G, 3, 3)
+    """
+    xp = get_array_module(x)
+    n, c = x.shape[:2]
+    k, a = dy.shape[1], m + 2
+    d_buf, v_buf, m_buf, y_buf = _buffers(x, k, out_hw, m)
+    v, (nh, nw) = _input_transform(x, out_hw, m, d_buf, v_buf)
+    t = v.shape[2]
+    _, gg, aa = (xp.asarray(mat) for mat in _kron(m, x.dtype.str))
+    # δ cut into m x m tiles (zero beyond the output), as (m·m, K, T).
+    tiles = y_buf.reshape(m, m, k, n, nh, nw)
+    tiles_view = tiles.transpose(3, 2, 4, 0, 5, 1)  # (n, k, nh, m, nw, m)
+    if out_hw != (nh * m, nw * m):
+        tiles[...] = 0
+        for u in range(m):
+            for w_ in range(m):
+                rows = -(-(out_hw[0] - u) // m)
+                cols = -(-(out_hw[1] - w_) // m)
+                tiles[u, w_, :, :, :rows, :cols] = dy[:, :, u::m, w_::m].transpose(1, 0, 2, 3)
+    else:
+        tiles_view[...] = dy.reshape(n, k, nh, m, nw, m)
+    dm = m_buf.reshape(a * a, k, t)
+    xp.matmul(aa.T, y_buf.reshape(m * m, k * t), out=dm.reshape(a * a, k * t))  # A δ A^T
+    kg, cg = k // groups, c // groups
+    dmg = dm.reshape(a * a, groups, kg, t)
+    vg = v.reshape(a * a, groups, cg, t)
+    du = xp.empty((a * a, groups, kg, cg), dtype=x.dtype)
+    for xi in range(a * a):
+        for j in range(groups):
+            xp.matmul(dmg[xi, j], vg[xi, j].T, out=du[xi, j])
+    dw = xp.matmul(gg.T, du.reshape(a * a, k * cg))  # G^T dU G: (9, K·C/G)
+    return dw.reshape(3, 3, k, cg).transpose(2, 3, 0, 1)
+
+
+def _phases(g: ConvGeometry, m: int, itemsize: int):
+    """(p, q, rows, cols, sample step) of each dilation phase that has outputs."""
+    dh, dw = g.dilation
+    limit = get_workspace_limit()
+    for p in range(dh):
+        for q in range(dw):
+            rows = -(-(g.out_shape[0] - p) // dh)
+            cols = -(-(g.out_shape[1] - q) // dw)
+            if rows <= 0 or cols <= 0:
+                continue
+            per_sample = _bytes_per_sample(g, m, itemsize, (rows, cols))
+            yield p, q, rows, cols, max(1, limit // max(per_sample, 1))
 
 
 def forward(x_pad: Any, w: Any, g: ConvGeometry, m: int = 4) -> Any:
@@ -156,25 +238,40 @@ def forward(x_pad: Any, w: Any, g: ConvGeometry, m: int = 4) -> Any:
     xp = get_array_module(x_pad)
     y = xp.empty((g.batch, g.out_channels) + g.out_shape, dtype=x_pad.dtype)
     dh, dw = g.dilation
-    limit = get_workspace_limit()
-    for p in range(dh):
-        for q in range(dw):
-            rows = -(-(g.out_shape[0] - p) // dh)
-            cols = -(-(g.out_shape[1] - q) // dw)
-            if rows <= 0 or cols <= 0:
-                continue
-            phase = x_pad[:, :, p::dh, q::dw]
-            per_sample = _bytes_per_sample(g, m, x_pad.dtype.itemsize, (rows, cols))
-            step = max(1, limit // max(per_sample, 1))
-            for n0 in range(0, g.batch, step):
-                n1 = min(g.batch, n0 + step)
-                tiles = _forward_phase(phase[n0:n1], w, g.groups, (rows, cols), m)
-                _, _, nh, _, nw, _ = tiles.shape
-                dest = y[n0:n1, :, p::dh, q::dw]
-                if (dh, dw) == (1, 1) and (rows, cols) == (nh * m, nw * m):
-                    # Whole tiles: one copy straight into the output.
-                    dest.reshape(tiles.shape)[...] = tiles
-                else:
-                    full = tiles.reshape(n1 - n0, g.out_channels, nh * m, nw * m)
-                    dest[...] = full[:, :, :rows, :cols]
+    for p, q, rows, cols, step in _phases(g, m, x_pad.dtype.itemsize):
+        phase = x_pad[:, :, p::dh, q::dw]
+        for n0 in range(0, g.batch, step):
+            n1 = min(g.batch, n0 + step)
+            tiles = _forward_phase(phase[n0:n1], w, g.groups, (rows, cols), m)
+            _, _, nh, _, nw, _ = tiles.shape
+            dest = y[n0:n1, :, p::dh, q::dw]
+            if (dh, dw) == (1, 1) and (rows, cols) == (nh * m, nw * m):
+                # Whole tiles: one copy straight into the output.
+                dest.reshape(tiles.shape)[...] = tiles
+            else:
+                full = tiles.reshape(n1 - n0, g.out_channels, nh * m, nw * m)
+                dest[...] = full[:, :, :rows, :cols]
     return y
+
+
+def weight_grad(dy: Any, x_pad: Any, g: ConvGeometry, m: int = 4) -> Any:
+    """Eq. BW for a 3x3 stride-1 layer, in the Winograd domain (see _weight_grad_phase).
+
+    Returns
+    -------
+    ndarray, shape (C_out, C_in/G, 3, 3)
+    """
+    xp = get_array_module(x_pad)
+    dw = xp.zeros((g.out_channels, g.in_channels // g.groups, 3, 3), dtype=x_pad.dtype)
+    dh, dwl = g.dilation
+    for p, q, rows, cols, step in _phases(g, m, x_pad.dtype.itemsize):
+        for n0 in range(0, g.batch, step):
+            n1 = min(g.batch, n0 + step)
+            dw += _weight_grad_phase(
+                dy[n0:n1, :, p::dh, q::dwl],
+                x_pad[n0:n1, :, p::dh, q::dwl],
+                g.groups,
+                (rows, cols),
+                m,
+            )
+    return dw
