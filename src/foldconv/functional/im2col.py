@@ -26,9 +26,9 @@ from foldconv.backend import get_array_module
 from foldconv.functional._args import ConvGeometry
 from foldconv.functional.unfold import Tile, col2im_add, im2col_into, plan_tiles
 
-# Output positions per sample from which the per-sample layout wins (measured: 13x13 =
-# 169 does, LeNet's 10x10 = 100 does not).
-SAMPLE_LAYOUT_MIN_POSITIONS = 144
+# Multiply-adds of one sample's GEMM (per group) from which per-sample GEMMs run at the
+# BLAS rate (measured: AlexNet's and VGG's layers, 29-150 M, do; LeNet's, 0.1-0.2 M, don't).
+SAMPLE_LAYOUT_MIN_MACS = 4_000_000
 
 _local = threading.local()
 
@@ -74,14 +74,20 @@ def choose_layout(g: ConvGeometry, pass_: str = "forward") -> str:
     """The buffer layout for one pass (measured on the suite, BENCHMARKS.md).
 
     A stride-1 1x1 layer always takes 'sample' (no unfold at all). Otherwise 'sample'
-    from SAMPLE_LAYOUT_MIN_POSITIONS output positions per sample on, in every pass: the
-    forward lands straight in the output and col2im reads its columns in order (at 13x13,
-    256 -> 384 channels, the input gradient takes 31 ms against 45 ms batched), while tiny
-    layers (LeNet's 10x10) are a little faster batched.
+    when one sample's GEMM is big enough to run at the BLAS rate (SAMPLE_LAYOUT_MIN_MACS
+    multiply-adds): the forward then lands straight in the output and col2im reads its
+    columns in order (AlexNet's 13x13 conv3, input gradient: 31 ms against 45 ms
+    batched). LeNet's layers (0.1-0.2 M multiply-adds per sample and group) run batched.
     """
-    if _is_pointwise(g) or math.prod(g.out_shape) >= SAMPLE_LAYOUT_MIN_POSITIONS:
+    if _is_pointwise(g):
         return "sample"
-    return "batch"
+    per_sample = (
+        (g.out_channels // g.groups)
+        * (g.in_channels // g.groups)
+        * g.kernel_size
+        * math.prod(g.out_shape)
+    )
+    return "sample" if per_sample >= SAMPLE_LAYOUT_MIN_MACS else "batch"
 
 
 def _is_pointwise(g: ConvGeometry) -> bool:

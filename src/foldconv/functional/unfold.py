@@ -42,7 +42,7 @@ def _chunks(x: Any) -> list[tuple[slice, slice]]:
     """
     n, c = x.shape[:2]
     parts = get_num_threads()
-    if parts == 1 or n * c < 2 or x.size < (1 << 16):
+    if parts == 1 or n * c < 2 or x.size < (1 << 20):
         return [(slice(None), slice(None))]
     if c >= parts:
         bounds = [c * i // parts for i in range(parts + 1)]
