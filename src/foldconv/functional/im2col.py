@@ -23,6 +23,7 @@ from typing import Any
 
 from foldconv._config import get_workspace_limit
 from foldconv.backend import get_array_module
+from foldconv.functional import flat
 from foldconv.functional._args import ConvGeometry
 from foldconv.functional.unfold import Tile, col2im_add, im2col_into, plan_tiles
 
@@ -70,7 +71,7 @@ def release_scratch() -> None:
     _local.buffers = {}
 
 
-def choose_layout(g: ConvGeometry, pass_: str = "forward") -> str:
+def choose_layout(g: ConvGeometry, pass_: str = "forward", itemsize: int = 4) -> str:
     """The buffer layout for one pass (measured on the suite, BENCHMARKS.md).
 
     A stride-1 1x1 layer always takes 'sample' (no unfold at all). Otherwise 'sample'
@@ -87,7 +88,11 @@ def choose_layout(g: ConvGeometry, pass_: str = "forward") -> str:
         * g.kernel_size
         * math.prod(g.out_shape)
     )
-    return "sample" if per_sample >= SAMPLE_LAYOUT_MIN_MACS else "batch"
+    if per_sample >= SAMPLE_LAYOUT_MIN_MACS:
+        return "sample"
+    # Small GEMMs: per-row copy overheads dominate, so stride-1 layers unfold on the
+    # flattened padded grid (functional/flat.py), in long contiguous runs.
+    return "flat" if flat.supports(g, itemsize) else "batch"
 
 
 def _is_pointwise(g: ConvGeometry) -> bool:
@@ -159,7 +164,9 @@ def forward(x_pad: Any, w: Any, g: ConvGeometry, layout: str | None = None) -> A
     ndarray, shape (N, C_out, *out)
     """
     xp = get_array_module(x_pad)
-    layout = layout or choose_layout(g, "forward")
+    layout = layout or choose_layout(g, "forward", x_pad.dtype.itemsize)
+    if layout == "flat":
+        return flat.forward(x_pad, w, g, scratch)
     G, cog = g.groups, g.out_channels // g.groups
     wg = w.reshape(G, cog, -1)
     y = xp.empty((g.batch, g.out_channels) + g.out_shape, dtype=x_pad.dtype)
@@ -195,7 +202,9 @@ def weight_grad(dy: Any, x_pad: Any, g: ConvGeometry, layout: str | None = None)
     ndarray, shape (C_out, C_in/G, *K)
     """
     xp = get_array_module(x_pad)
-    layout = layout or choose_layout(g, "weight_grad")
+    layout = layout or choose_layout(g, "weight_grad", x_pad.dtype.itemsize)
+    if layout == "flat":
+        return flat.weight_grad(dy, x_pad, g, scratch)
     G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
     dw = xp.zeros((G, cog, cig * g.kernel_size), dtype=x_pad.dtype)
     tmp = xp.empty_like(dw[0])
@@ -223,7 +232,9 @@ def input_grad(dy: Any, w: Any, g: ConvGeometry, layout: str | None = None) -> A
     ndarray, shape (N, C_in, *S_pad)
     """
     xp = get_array_module(dy)
-    layout = layout or choose_layout(g, "input_grad")
+    layout = layout or choose_layout(g, "input_grad", dy.dtype.itemsize)
+    if layout == "flat":
+        return flat.input_grad(dy, w, g, scratch)
     G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
     rows = cig * g.kernel_size
     wg_t = w.reshape(G, cog, rows).transpose(0, 2, 1)  # W̃ᵀ per group
