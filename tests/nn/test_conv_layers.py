@@ -267,3 +267,14 @@ def test_float32_layer_computes_in_float32():
     _copy_into_torch(layer, theirs)
     ref = theirs(torch.from_numpy(x.astype(np.float64))).detach().numpy()
     assert rel_err(y, ref) <= 1e-5
+
+
+def test_backward_works_in_eval_mode_and_needs_a_forward():
+    layer = fnn.Conv2d(2, 3, 3, padding=1, rng=0, dtype=np.float64)
+    with pytest.raises(RuntimeError, match="forward"):
+        layer.backward(np.ones((1, 3, 4, 4)))
+    layer.eval()
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4))
+    y = layer(x)
+    dx = layer.backward(np.ones_like(y))
+    assert dx.shape == x.shape and layer.weight.grad is not None

@@ -100,14 +100,14 @@ class _ConvNd(Module):
         b = self.bias.data if self.bias is not None else None
         fn = F.conv_transpose if self._transposed else F.conv
         y = fn(x, self.weight.data, b, **self._options())
-        self._x = x if self.training else None
+        self._x = x  # a reference, not a copy: backward needs it (in eval mode too)
         return y
 
     def backward(self, grad_output: Any) -> Any:
         """Returns dL/dx; accumulates dL/dW (eq. BW) and dL/db (eq. BB) into ``.grad``."""
         if self._x is None:
             raise RuntimeError(
-                f"{type(self).__name__}.backward: call forward in training mode first"
+                f"{type(self).__name__}.backward: call forward first"
             )
         fn = F.conv_transpose_backward if self._transposed else F.conv_backward
         dx, dw, db = fn(grad_output, self._x, self.weight.data, **self._options())
