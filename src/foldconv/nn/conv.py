@@ -106,9 +106,7 @@ class _ConvNd(Module):
     def backward(self, grad_output: Any) -> Any:
         """Returns dL/dx; accumulates dL/dW (eq. BW) and dL/db (eq. BB) into ``.grad``."""
         if self._x is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.backward: call forward first"
-            )
+            raise RuntimeError(f"{type(self).__name__}.backward: call forward first")
         fn = F.conv_transpose_backward if self._transposed else F.conv_backward
         dx, dw, db = fn(grad_output, self._x, self.weight.data, **self._options())
         self.weight.accumulate(dw)
