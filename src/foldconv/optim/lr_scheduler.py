@@ -10,6 +10,7 @@ All state is plain Python numbers and lists, so ``state_dict()`` can be written 
 
 from __future__ import annotations
 
+import abc
 import math
 import numbers
 from collections.abc import Iterable, Mapping
@@ -63,7 +64,7 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
-class LRScheduler:
+class LRScheduler(abc.ABC):
     """Base class of the epoch-indexed schedules.
 
     Subclasses implement :meth:`_compute_lr`, the learning rates for epoch
@@ -91,8 +92,9 @@ class LRScheduler:
         self._apply(self._compute_lr())
         self._initial = False
 
-    def _compute_lr(self) -> list[float]:  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} does not define _compute_lr()")
+    @abc.abstractmethod
+    def _compute_lr(self) -> list[float]:
+        """The learning rate of each parameter group at ``self.last_epoch``."""
 
     def _current_lrs(self) -> list[float]:
         return [float(g["lr"]) for g in self.optimizer.param_groups]

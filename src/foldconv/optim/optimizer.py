@@ -15,6 +15,7 @@ safetensors file and a JSON file.
 
 from __future__ import annotations
 
+import abc
 import copy
 import numbers
 from collections.abc import Callable, Iterable, Mapping
@@ -59,7 +60,7 @@ def _as_python_number(value: Any) -> Any:
     return value
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base class: parameter groups, per-parameter state, ``zero_grad`` and ``step``.
 
     Subclasses implement :meth:`_update` (one parameter's in-place update) and may
@@ -193,9 +194,9 @@ class Optimizer:
                     self._update(p.data, p.grad, group, state)
         return loss
 
+    @abc.abstractmethod
     def _update(self, data: Any, grad: Any, group: dict[str, Any], state: dict[str, Any]) -> None:
         """Update ``data`` in place from ``grad`` (never modify ``grad``)."""
-        raise NotImplementedError(f"{type(self).__name__} does not define _update()")
 
     # -- state ----------------------------------------------------------------------------
     def _indexed_params(self) -> list[Parameter]:
