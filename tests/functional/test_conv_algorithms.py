@@ -326,3 +326,18 @@ def test_fast_paths_match_torch(algorithm, opts, c, o, dtype, tol):
     assert rel_err(dx, xt.grad.numpy()) <= tol
     assert rel_err(dw, wt.grad.numpy()) <= tol
     assert rel_err(db, bt.grad.numpy()) <= tol
+
+
+def test_threaded_kernels_work_in_a_forked_child():
+    """The pool is rebuilt after fork (a child inherits no worker threads)."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    x = np.random.default_rng(0).standard_normal((4, 16, 64, 64)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((16, 1, 3, 3)).astype(np.float32)
+    parent = conv(x, w, padding=1, groups=16)  # starts the pool in the parent
+    with mp.get_context("fork").Pool(1) as pool:
+        # Without the rebuild the child would wait forever on threads it does not have.
+        child = pool.apply_async(conv, (x, w), dict(padding=1, groups=16)).get(timeout=60)
+    assert np.array_equal(parent, child)

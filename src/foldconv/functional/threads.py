@@ -16,6 +16,16 @@ _num_threads = max(1, min(os.cpu_count() or 1, 8))
 _pool: ThreadPoolExecutor | None = None
 
 
+def _forget_pool_after_fork() -> None:
+    # A forked child inherits the pool object but not its threads: start a new one.
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def set_num_threads(n: int) -> int:
     """Set how many threads foldconv's own kernels use (BLAS keeps its own setting).
 
