@@ -109,9 +109,9 @@ class _ConvNd(Module):
             raise RuntimeError(f"{type(self).__name__}.backward: call forward first")
         fn = F.conv_transpose_backward if self._transposed else F.conv_backward
         dx, dw, db = fn(grad_output, self._x, self.weight.data, **self._options())
-        self.weight.accumulate(dw)
+        self.weight.accumulate(dw, take=True)
         if self.bias is not None:
-            self.bias.accumulate(db)
+            self.bias.accumulate(db, take=True)
         return dx
 
     def extra_repr(self) -> str:

@@ -94,9 +94,9 @@ class Linear(Module):
         dx, dw, db = linear_backward(
             grad_output, x, self.weight.data, need_bias_grad=self.bias is not None
         )
-        self.weight.accumulate(dw)
+        self.weight.accumulate(dw, take=True)
         if self.bias is not None:
-            self.bias.accumulate(db)
+            self.bias.accumulate(db, take=True)
         return dx
 
     def extra_repr(self) -> str:

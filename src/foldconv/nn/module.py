@@ -48,15 +48,22 @@ class Parameter:
     def size(self) -> int:
         return int(self.data.size)
 
-    def accumulate(self, grad: Any) -> None:
-        """Add ``grad`` to ``self.grad`` (a fresh copy on the first call)."""
+    def accumulate(self, grad: Any, *, take: bool = False) -> None:
+        """Add ``grad`` to ``self.grad`` (a copy on the first call).
+
+        With ``take=True`` the caller hands over a fresh array it will not touch again, so
+        the first call keeps it instead of copying it (for AlexNet's fc6, 151 MB a step).
+        """
         if grad.shape != self.data.shape:
             raise ValueError(
                 f"grad: expected shape {tuple(self.data.shape)}, got {tuple(grad.shape)}"
             )
         if self.grad is None:
-            xp = get_array_module(grad)
-            self.grad = xp.array(grad, dtype=self.data.dtype, copy=True)
+            if take and grad.dtype == self.data.dtype and grad.flags.c_contiguous:
+                self.grad = grad
+            else:
+                xp = get_array_module(grad)
+                self.grad = xp.array(grad, dtype=self.data.dtype, copy=True)
         else:
             self.grad += grad
 
