@@ -24,6 +24,7 @@ from typing import Any
 from foldconv._config import get_workspace_limit
 from foldconv.backend import get_array_module
 from foldconv.functional._args import ConvGeometry
+from foldconv.functional.workspace import scratch
 
 
 def _grid(g: ConvGeometry) -> tuple[tuple[int, ...], int, tuple[int, ...]]:
@@ -90,7 +91,7 @@ def _flat_input(x_pad: Any) -> Any:
     return x_pad.reshape(x_pad.shape[:2] + (-1,))
 
 
-def forward(x_pad: Any, w: Any, g: ConvGeometry, scratch) -> Any:
+def forward(x_pad: Any, w: Any, g: ConvGeometry) -> Any:
     """Eq. F without bias on the flat range. Returns (N, C_out, *out)."""
     xp = get_array_module(x_pad)
     strides, length, steps = _grid(g)
@@ -109,7 +110,7 @@ def forward(x_pad: Any, w: Any, g: ConvGeometry, scratch) -> Any:
     return y
 
 
-def weight_grad(dy: Any, x_pad: Any, g: ConvGeometry, scratch) -> Any:
+def weight_grad(dy: Any, x_pad: Any, g: ConvGeometry) -> Any:
     """Eq. BW on the flat range (δ is zero off the outputs). Returns (C_out, C_in/G, *K)."""
     xp = get_array_module(x_pad)
     strides, length, steps = _grid(g)
@@ -125,7 +126,7 @@ def weight_grad(dy: Any, x_pad: Any, g: ConvGeometry, scratch) -> Any:
     return dw.reshape((g.out_channels, cig) + g.kernel)
 
 
-def input_grad(dy: Any, w: Any, g: ConvGeometry, scratch) -> Any:
+def input_grad(dy: Any, w: Any, g: ConvGeometry) -> Any:
     """Eq. BX on the flat range: W̃ᵀ·δ, then one contiguous add per tap.
 
     Returns

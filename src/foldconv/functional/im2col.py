@@ -18,57 +18,17 @@ Two buffer layouts, chosen per geometry:
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any
 
-from foldconv._config import get_workspace_limit
 from foldconv.backend import get_array_module
 from foldconv.functional import flat
 from foldconv.functional._args import ConvGeometry
 from foldconv.functional.unfold import Tile, col2im_add, im2col_into, plan_tiles
+from foldconv.functional.workspace import scratch
 
 # Multiply-adds of one sample's GEMM (per group) from which per-sample GEMMs run at the
 # BLAS rate (measured: AlexNet's and VGG's layers, 29-150 M, do; LeNet's, 0.1-0.2 M, don't).
 SAMPLE_LAYOUT_MIN_MACS = 4_000_000
-
-_local = threading.local()
-
-
-def scratch(n: int, dtype: Any, xp: Any) -> Any:
-    """A flat scratch array of at least ``n`` elements, reused across calls per thread.
-
-    Its size is bounded by the tiles, hence by the workspace limit. With CuPy the
-    memory pool already recycles blocks, so a fresh array is returned.
-    """
-    if xp.__name__ != "numpy":
-        return xp.empty(n, dtype=dtype)
-    cache = getattr(_local, "buffers", None)
-    if cache is None:
-        cache = _local.buffers = {}
-    key = xp.dtype(dtype).str
-    buf = cache.get(key)
-    # A buffer cached under a higher limit is dropped once the limit is lowered, so the
-    # memory kept between calls never exceeds the current limit either.
-    if buf is None or buf.size < n or buf.nbytes > get_workspace_limit():
-        cache.pop(key, None)  # release the old one before allocating the new one
-        buf = cache[key] = xp.empty(n, dtype=dtype)
-    return buf[:n]
-
-
-def scratch_split(sizes: list[int], dtype: Any, xp: Any) -> list[Any]:
-    """Several disjoint scratch arrays carved from one cached buffer (so that what is
-    kept between calls is one buffer, bounded like any other)."""
-    buf = scratch(sum(sizes), dtype, xp)
-    out, start = [], 0
-    for n in sizes:
-        out.append(buf[start : start + n])
-        start += n
-    return out
-
-
-def release_scratch() -> None:
-    """Free this thread's cached scratch buffers."""
-    _local.buffers = {}
 
 
 def choose_layout(g: ConvGeometry, pass_: str = "forward", itemsize: int = 4) -> str:
@@ -166,7 +126,7 @@ def forward(x_pad: Any, w: Any, g: ConvGeometry, layout: str | None = None) -> A
     xp = get_array_module(x_pad)
     layout = layout or choose_layout(g, "forward", x_pad.dtype.itemsize)
     if layout == "flat":
-        return flat.forward(x_pad, w, g, scratch)
+        return flat.forward(x_pad, w, g)
     G, cog = g.groups, g.out_channels // g.groups
     wg = w.reshape(G, cog, -1)
     y = xp.empty((g.batch, g.out_channels) + g.out_shape, dtype=x_pad.dtype)
@@ -204,7 +164,7 @@ def weight_grad(dy: Any, x_pad: Any, g: ConvGeometry, layout: str | None = None)
     xp = get_array_module(x_pad)
     layout = layout or choose_layout(g, "weight_grad", x_pad.dtype.itemsize)
     if layout == "flat":
-        return flat.weight_grad(dy, x_pad, g, scratch)
+        return flat.weight_grad(dy, x_pad, g)
     G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
     dw = xp.zeros((G, cog, cig * g.kernel_size), dtype=x_pad.dtype)
     tmp = xp.empty_like(dw[0])
@@ -234,7 +194,7 @@ def input_grad(dy: Any, w: Any, g: ConvGeometry, layout: str | None = None) -> A
     xp = get_array_module(dy)
     layout = layout or choose_layout(g, "input_grad", dy.dtype.itemsize)
     if layout == "flat":
-        return flat.input_grad(dy, w, g, scratch)
+        return flat.input_grad(dy, w, g)
     G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
     rows = cig * g.kernel_size
     wg_t = w.reshape(G, cog, rows).transpose(0, 2, 1)  # W̃ᵀ per group

@@ -29,7 +29,7 @@ import numpy as np
 from foldconv._config import get_workspace_limit
 from foldconv.backend import get_array_module
 from foldconv.functional._args import ConvGeometry
-from foldconv.functional.im2col import scratch_split
+from foldconv.functional.workspace import scratch_split
 
 
 @cache
