@@ -106,22 +106,28 @@ def test_depthwise_matches_direct_sums(case):
         assert rel_err(a, b) <= 1e-10
 
 
-@pytest.mark.parametrize("layout", ["sample", "batch", "flat"])
+LAYOUT_CASES = [  # size, kernel, stride, pads, dilation, groups
+    ((9, 10), (3, 2), (1, 1), ((2, 0), (1, 3)), (2, 1), 2),
+    ((6, 5, 7), (2, 3, 2), (1, 1, 1), ((1, 0), (0, 2), (1, 1)), (2, 1, 3), 3),
+    ((7, 8), (3, 2), (2, 1), ((1, 0), (2, 1)), (1, 2), 2),
+    ((9,), (3,), (1,), ((2, 2),), (2,), 3),
+    ((5, 6, 5), (2, 3, 2), (1, 2, 1), ((1, 1),) * 3, (1, 1, 1), 1),
+    ((6, 6), (1, 1), (1, 1), ((0, 0),) * 2, (1, 1), 1),  # pointwise: no unfold
+    ((6, 6), (1, 1), (2, 2), ((0, 0),) * 2, (1, 1), 3),  # strided pointwise
+]
+
+
 @pytest.mark.parametrize(
-    "size,kernel,stride,pads,dilation,groups",
+    "layout,size,kernel,stride,pads,dilation,groups",
     [
-        ((9, 10), (3, 2), (1, 1), ((2, 0), (1, 3)), (2, 1), 2),
-        ((6, 5, 7), (2, 3, 2), (1, 1, 1), ((1, 0), (0, 2), (1, 1)), (2, 1, 3), 3),
-        ((7, 8), (3, 2), (2, 1), ((1, 0), (2, 1)), (1, 2), 2),
-        ((9,), (3,), (1,), ((2, 2),), (2,), 3),
-        ((5, 6, 5), (2, 3, 2), (1, 2, 1), ((1, 1),) * 3, (1, 1, 1), 1),
-        ((6, 6), (1, 1), (1, 1), ((0, 0),) * 2, (1, 1), 1),  # pointwise: no unfold
-        ((6, 6), (1, 1), (2, 2), ((0, 0),) * 2, (1, 1), 3),  # strided pointwise
+        (layout, *case)
+        for layout in ("sample", "batch", "flat")
+        for case in LAYOUT_CASES
+        # the flat-grid layout exists for stride-1 layers only
+        if layout != "flat" or all(s == 1 for s in case[2])
     ],
 )
 def test_im2col_layouts_match_direct_sums(layout, size, kernel, stride, pads, dilation, groups):
-    if layout == "flat" and any(s != 1 for s in stride):
-        pytest.skip("the flat-grid layout is for stride-1 layers")
     rng = np.random.default_rng(0)
     x, w = _case(rng, 3, 6, 6, size, kernel, stride, pads, dilation, groups)
     g = _args.conv_geometry(x.shape, w.shape, stride, pads, dilation, groups, "zeros")
