@@ -34,25 +34,23 @@ SAMPLE_LAYOUT_MIN_MACS = 4_000_000
 def choose_layout(g: ConvGeometry, pass_: str = "forward", itemsize: int = 4) -> str:
     """The buffer layout for one pass (measured on the suite, BENCHMARKS.md).
 
-    A stride-1 1x1 layer always takes 'sample' (no unfold at all). Otherwise 'sample'
-    when one sample's GEMM is big enough to run at the BLAS rate (SAMPLE_LAYOUT_MIN_MACS
-    multiply-adds): the forward then lands straight in the output and col2im reads its
-    columns in order (AlexNet's 13x13 conv3, input gradient: 31 ms against 45 ms
-    batched). LeNet's layers (0.1-0.2 M multiply-adds per sample and group) run batched.
+    A stride-1 1x1 layer takes 'sample' (no unfold at all); other stride-1 layers the
+    flat grid of functional/flat.py (one contiguous copy or add per tap: the dilated
+    layer's f+b 53 ms against 65 ms per sample, LeNet's conv2 1.9 ms against 3.2 ms).
+    Strided layers take 'sample' when one sample's GEMM is big enough to run at the BLAS
+    rate (SAMPLE_LAYOUT_MIN_MACS multiply-adds), else 'batch'.
     """
     if _is_pointwise(g):
         return "sample"
+    if all(s == 1 for s in g.stride) and flat.supports(g, itemsize):
+        return "flat"
     per_sample = (
         (g.out_channels // g.groups)
         * (g.in_channels // g.groups)
         * g.kernel_size
         * math.prod(g.out_shape)
     )
-    if per_sample >= SAMPLE_LAYOUT_MIN_MACS:
-        return "sample"
-    # Small GEMMs: per-row copy overheads dominate, so stride-1 layers unfold on the
-    # flattened padded grid (functional/flat.py), in long contiguous runs.
-    return "flat" if flat.supports(g, itemsize) else "batch"
+    return "sample" if per_sample >= SAMPLE_LAYOUT_MIN_MACS else "batch"
 
 
 def _is_pointwise(g: ConvGeometry) -> bool:
