@@ -341,3 +341,20 @@ def test_threaded_kernels_work_in_a_forked_child():
         # Without the rebuild the child would wait forever on threads it does not have.
         child = pool.apply_async(conv, (x, w), dict(padding=1, groups=16)).get(timeout=60)
     assert np.array_equal(parent, child)
+
+
+def test_transposed_1x1_with_output_padding_under_dilation():
+    """Found by hypothesis: output_padding < dilation makes the output longer than a 1x1
+    convolution's input; the pointwise fast path must not assume they are equal."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4))
+    w = rng.standard_normal((3, 2, 1))
+    opts = dict(stride=1, dilation=2, output_padding=1)
+    y = conv_transpose(x, w, **opts)
+    assert y.shape == (2, 2, 5)
+    assert rel_err(y, conv_transpose(x, w, **opts, algorithm="direct")) <= 1e-12
+    dy = rng.standard_normal(y.shape)
+    got = conv_transpose_backward(dy, x, w, **opts)
+    want = conv_transpose_backward(dy, x, w, **opts, algorithm="direct")
+    for a, b in zip(got, want, strict=True):
+        assert rel_err(a, b) <= 1e-12

@@ -54,11 +54,14 @@ def choose_layout(g: ConvGeometry, pass_: str = "forward", itemsize: int = 4) ->
 
 
 def _is_pointwise(g: ConvGeometry) -> bool:
-    """A 1x1, stride-1, unpadded convolution: its columns are the input itself."""
+    """A 1x1, stride-1, unpadded convolution that reads its whole input: its columns are
+    the input itself. (A transposed convolution's geometry may ask for fewer outputs
+    than the input has, e.g. with output_padding under a dilation: not pointwise then.)"""
     return (
         all(k == 1 for k in g.kernel)
         and all(s == 1 for s in g.stride)
         and all(lo == 0 and hi == 0 for lo, hi in g.pads)
+        and g.out_shape == g.in_shape
     )
 
 
