@@ -20,11 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import foldconv.functional as fc
+from tests.functional.conv_cases import MODES, PAD_FORMS, dim_ok, draw_geometry, same_pad
 from tests.gradcheck import numerical_grad, rel_err
 
-MODES = ("zeros", "reflect", "replicate", "circular")
 NP_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
-PAD_FORMS = ("int", "tuple", "pairs", "valid", "same")
 FWD_ALGS = ("direct", "im2col", "auto")
 BWD_ALGS = ("direct", "im2col", "full_conv", "auto")
 
@@ -32,31 +31,6 @@ BWD_ALGS = ("direct", "im2col", "full_conv", "auto")
 # ----------------------------------------------------------------------------------------
 # Configurations and independent references
 # ----------------------------------------------------------------------------------------
-def same_pad(n: int, k: int, s: int, d: int) -> tuple[int, int]:
-    out = -(-n // s)
-    total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
-    return total // 2, total - total // 2
-
-
-def dim_pads(padding, i: int, n: int, k: int, s: int, d: int) -> tuple[int, int]:
-    if padding == "valid":
-        return 0, 0
-    if padding == "same":
-        return same_pad(n, k, s, d)
-    if isinstance(padding, int):
-        return padding, padding
-    p = padding[i]
-    return p if isinstance(p, tuple) else (p, p)
-
-
-def dim_ok(n: int, lo: int, hi: int, k: int, d: int, mode: str) -> bool:
-    if n + lo + hi < d * (k - 1) + 1:
-        return False
-    if mode == "reflect" and max(lo, hi) >= n:
-        return False
-    return not (mode == "circular" and max(lo, hi) > n)
-
-
 def tup(v, rank: int) -> tuple[int, ...]:
     return (v,) * rank if isinstance(v, int) else tuple(v)
 
@@ -100,48 +74,10 @@ class Case:
 
 @st.composite
 def cases(draw, modes=MODES, forms=PAD_FORMS, max_rank=3):
-    rank = draw(st.integers(1, max_rank))
-    smax = (7, 6, 4)[rank - 1]
-    groups = draw(st.sampled_from((1, 1, 2, 3)))
-    depthwise = groups > 1 and draw(st.booleans())
-    cin_g = 1 if depthwise else draw(st.integers(1, 2))
-    cout_g = draw(st.integers(1, 2))
-    kernel = tuple(draw(st.integers(1, 3)) for _ in range(rank))
-    stride = tuple(draw(st.integers(1, 3)) for _ in range(rank))
-    dilation = tuple(draw(st.integers(1, 2)) for _ in range(rank))
-    mode = draw(st.sampled_from(modes))
-    form = draw(st.sampled_from(forms))
-    if form == "int":
-        padding = draw(st.integers(0, 2))
-    elif form == "tuple":
-        padding = tuple(draw(st.integers(0, 2)) for _ in range(rank))
-    elif form == "pairs":
-        padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(rank))
-    else:
-        padding = form
-    sizes, pads = [], []
-    for i in range(rank):
-        n = draw(st.integers(1, smax))
-        while True:
-            lo, hi = dim_pads(padding, i, n, kernel[i], stride[i], dilation[i])
-            if dim_ok(n, lo, hi, kernel[i], dilation[i], mode):
-                break
-            n += 1
-        sizes.append(n)
-        pads.append((lo, hi))
+    geo = draw_geometry(draw, modes, forms, max_rank)
     return Case(
-        rank=rank,
+        **geo,
         batch=draw(st.sampled_from((None, 1, 2))),
-        groups=groups,
-        cin_g=cin_g,
-        cout_g=cout_g,
-        kernel=kernel,
-        stride=stride,
-        dilation=dilation,
-        padding=padding,
-        pads=pads,
-        mode=mode,
-        sizes=tuple(sizes),
         bias=draw(st.booleans()),
         seed=draw(st.integers(0, 2**32 - 1)),
     )

@@ -20,13 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import foldconv.functional as fc
+from tests.functional.conv_cases import MODES, PAD_FORMS, dim_ok, dim_pads, draw_geometry, same_pad
 from tests.gradcheck import rel_err
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-MODES = ("zeros", "reflect", "replicate", "circular")
-PAD_FORMS = ("int", "tuple", "pairs", "valid", "same")
 DTYPES = (np.float64, np.float64, np.float32, np.float16)
 FWD_ALGS = ("auto", "direct", "im2col")
 BWD_ALGS = ("auto", "direct", "im2col", "full_conv")
@@ -47,37 +46,6 @@ TORCH_MODE = {
 # ----------------------------------------------------------------------------------------
 # Independent helpers: TF 'same' rule, padding normalisation, torch references
 # ----------------------------------------------------------------------------------------
-def same_pad(n: int, k: int, s: int, d: int) -> tuple[int, int]:
-    """TensorFlow's 'same': out = ceil(n/s), the total split low = total//2, high = rest."""
-    out = -(-n // s)
-    total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
-    return total // 2, total - total // 2
-
-
-def dim_pads(padding, i: int, n: int, k: int, s: int, d: int) -> tuple[int, int]:
-    """The (low, high) padding of spatial dimension ``i`` for any padding form."""
-    if padding == "valid":
-        return 0, 0
-    if padding == "same":
-        return same_pad(n, k, s, d)
-    if isinstance(padding, int):
-        return padding, padding
-    p = padding[i]
-    if isinstance(p, tuple):
-        return p
-    return p, p
-
-
-def dim_ok(n: int, lo: int, hi: int, k: int, d: int, mode: str) -> bool:
-    if n + lo + hi < d * (k - 1) + 1:
-        return False
-    if mode == "reflect" and max(lo, hi) >= n:
-        return False
-    if mode == "circular" and max(lo, hi) > n:
-        return False
-    return True
-
-
 def torch_pad_list(pads) -> list[int]:
     """torch's F.pad lists (low, high) last spatial dimension first."""
     flat: list[int] = []
@@ -133,48 +101,11 @@ class ConvCase:
 
 @st.composite
 def conv_cases(draw, modes=MODES, forms=PAD_FORMS, dtypes=DTYPES):
-    rank = draw(st.integers(1, 3))
-    smax = (7, 6, 4)[rank - 1]
-    groups = draw(st.sampled_from((1, 1, 2, 3)))
-    depthwise = groups > 1 and draw(st.booleans())
-    cin_g = 1 if depthwise else draw(st.integers(1, 2))
-    cout_g = draw(st.integers(1, 2))
-    kernel = tuple(draw(st.integers(1, 3)) for _ in range(rank))
-    stride = tuple(draw(st.integers(1, 3)) for _ in range(rank))
-    dilation = tuple(draw(st.integers(1, 2)) for _ in range(rank))
-    mode = draw(st.sampled_from(modes))
-    form = draw(st.sampled_from(forms))
-    if form == "int":
-        padding = draw(st.integers(0, 2))
-    elif form == "tuple":
-        padding = tuple(draw(st.integers(0, 2)) for _ in range(rank))
-    elif form == "pairs":
-        padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(rank))
-    else:
-        padding = form
-    sizes, pads = [], []
-    for i in range(rank):
-        n = draw(st.integers(1, smax))
-        while True:
-            lo, hi = dim_pads(padding, i, n, kernel[i], stride[i], dilation[i])
-            if dim_ok(n, lo, hi, kernel[i], dilation[i], mode):
-                break
-            n += 1
-        sizes.append(n)
-        pads.append((lo, hi))
+    geo = draw_geometry(draw, modes, forms)
+    stride, dilation = geo["stride"], geo["dilation"]
     return ConvCase(
-        rank=rank,
+        **geo,
         batch=draw(st.sampled_from((None, 1, 2))),
-        groups=groups,
-        cin_g=cin_g,
-        cout_g=cout_g,
-        kernel=kernel,
-        stride=stride,
-        dilation=dilation,
-        padding=padding,
-        pads=pads,
-        mode=mode,
-        sizes=tuple(sizes),
         stride_arg=as_arg(stride, draw(st.booleans())),
         dilation_arg=as_arg(dilation, draw(st.booleans())),
         bias=draw(st.booleans()),

@@ -1,0 +1,87 @@
+"""Convolution configurations shared by the torch-oracle and the property tests.
+
+The padding rules here are written independently of the library's (TensorFlow's 'same'
+rule, the reflect/circular limits), so that the tests check the library against them.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+MODES = ("zeros", "reflect", "replicate", "circular")
+PAD_FORMS = ("int", "tuple", "pairs", "valid", "same")
+
+
+def same_pad(n: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """TensorFlow's 'same': out = ceil(n/s), the total split low = total//2, high = rest."""
+    out = -(-n // s)
+    total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
+    return total // 2, total - total // 2
+
+
+def dim_pads(padding, i: int, n: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """The (low, high) padding of spatial dimension ``i`` for any padding form."""
+    if padding == "valid":
+        return 0, 0
+    if padding == "same":
+        return same_pad(n, k, s, d)
+    if isinstance(padding, int):
+        return padding, padding
+    p = padding[i]
+    return p if isinstance(p, tuple) else (p, p)
+
+
+def dim_ok(n: int, lo: int, hi: int, k: int, d: int, mode: str) -> bool:
+    """The kernel fits the padded size, and reflect/circular padding fits the input."""
+    if n + lo + hi < d * (k - 1) + 1:
+        return False
+    if mode == "reflect" and max(lo, hi) >= n:
+        return False
+    return not (mode == "circular" and max(lo, hi) > n)
+
+
+def draw_geometry(draw, modes=MODES, forms=PAD_FORMS, max_rank: int = 3) -> dict:
+    """Rank, groups, channels per group, kernel, stride, dilation, padding (as given and
+    as resolved pairs), padding mode and sizes of a valid convolution."""
+    rank = draw(st.integers(1, max_rank))
+    smax = (7, 6, 4)[rank - 1]
+    groups = draw(st.sampled_from((1, 1, 2, 3)))
+    depthwise = groups > 1 and draw(st.booleans())
+    cin_g = 1 if depthwise else draw(st.integers(1, 2))
+    cout_g = draw(st.integers(1, 2))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(rank))
+    mode = draw(st.sampled_from(modes))
+    form = draw(st.sampled_from(forms))
+    if form == "int":
+        padding = draw(st.integers(0, 2))
+    elif form == "tuple":
+        padding = tuple(draw(st.integers(0, 2)) for _ in range(rank))
+    elif form == "pairs":
+        padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(rank))
+    else:
+        padding = form
+    sizes, pads = [], []
+    for i in range(rank):
+        n = draw(st.integers(1, smax))
+        while True:
+            lo, hi = dim_pads(padding, i, n, kernel[i], stride[i], dilation[i])
+            if dim_ok(n, lo, hi, kernel[i], dilation[i], mode):
+                break
+            n += 1
+        sizes.append(n)
+        pads.append((lo, hi))
+    return dict(
+        rank=rank,
+        groups=groups,
+        cin_g=cin_g,
+        cout_g=cout_g,
+        kernel=kernel,
+        stride=stride,
+        dilation=dilation,
+        padding=padding,
+        pads=pads,
+        mode=mode,
+        sizes=tuple(sizes),
+    )
