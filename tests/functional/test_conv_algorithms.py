@@ -45,23 +45,25 @@ def winograd_cases(draw):
     groups = draw(st.sampled_from([1, 2]))
     c = groups * draw(st.integers(1, 4))
     o = groups * draw(st.integers(1, 4))
-    size = (draw(st.integers(3, 11)), draw(st.integers(3, 11)))
+    r = draw(st.sampled_from([3, 5]))
+    # Outputs of 24 and more take F(4x4) (dispatch.winograd_tile), smaller ones F(2x2).
+    size = (draw(st.integers(r, 30)), draw(st.integers(r, 30)))
     dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
     pads = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(2))
     extent_ok = all(
-        s + lo + hi >= 2 * d + 1 for s, (lo, hi), d in zip(size, pads, dilation, strict=True)
+        s + lo + hi >= (r - 1) * d + 1 for s, (lo, hi), d in zip(size, pads, dilation, strict=True)
     )
     if not extent_ok:
-        pads = tuple((d, d) for d in dilation)
-    return c, o, size, dilation, pads, groups, draw(st.integers(0, 2**16))
+        pads = tuple((d * (r - 1) // 2,) * 2 for d in dilation)
+    return c, o, size, r, dilation, pads, groups, draw(st.integers(0, 2**16))
 
 
 @given(winograd_cases())
 @settings(max_examples=40)
 def test_winograd_matches_direct_sums(case):
-    c, o, size, dilation, pads, groups, seed = case
+    c, o, size, r, dilation, pads, groups, seed = case
     rng = np.random.default_rng(seed)
-    x, w = _case(rng, 2, c, o, size, (3, 3), 1, pads, dilation, groups)
+    x, w = _case(rng, 2, c, o, size, (r, r), 1, pads, dilation, groups)
     y_ref = conv(x, w, padding=pads, dilation=dilation, groups=groups, algorithm="direct")
     y = conv(x, w, padding=pads, dilation=dilation, groups=groups, algorithm="winograd")
     assert rel_err(y, y_ref) <= 1e-10
@@ -74,6 +76,28 @@ def test_winograd_matches_direct_sums(case):
     )
     for a, b in zip(got, ref, strict=True):
         assert rel_err(a, b) <= 1e-10
+
+
+@pytest.mark.parametrize("m,r", [(1, 3), (2, 3), (3, 3), (4, 3), (6, 3), (2, 5), (3, 5), (4, 5)])
+def test_every_winograd_tile_size_matches_direct_sums(m, r):
+    """Each generated F(m, r), in 1-d and through the 2-d forward and weight gradient."""
+    bt, g_mat, at = winograd.transforms(m, r)
+    assert bt.shape == (m + r - 1,) * 2 and g_mat.shape == (m + r - 1, r)
+    assert at.shape == (m, m + r - 1)
+    rng = np.random.default_rng(m * 10 + r)
+    d, k = rng.standard_normal(m + r - 1), rng.standard_normal(r)
+    want = np.array([d[i : i + r] @ k for i in range(m)])
+    assert rel_err(at @ ((g_mat @ k) * (bt @ d)), want) <= 1e-13
+    x, w = _case(rng, 2, 4, 6, (11, 9), (r, r), 1, 0, 1, 2)
+    g = _args.conv_geometry(x.shape, w.shape, 1, 0, (2, 1), 2, "zeros")
+    dy = rng.standard_normal((2, 6) + g.out_shape)
+    assert rel_err(winograd.forward(x, w, g, m), conv_forward_direct(x, w, g)) <= 1e-12
+    assert rel_err(winograd.weight_grad(dy, x, g, m), conv_weight_grad_direct(dy, x, g)) <= 1e-12
+
+
+def test_winograd_rejects_a_tile_it_has_no_points_for():
+    with pytest.raises(ValueError, match="F\\(m, r\\)"):
+        winograd.transforms(8, 3)
 
 
 @st.composite
@@ -159,22 +183,35 @@ def test_fast_paths_pass_finite_differences(algorithm):
     assert directional_check(loss_w, w, dw, rng) < 1e-7
 
 
-@pytest.mark.parametrize("c,k,size", [(256, 384, (13, 13)), (64, 64, (30, 30)), (128, 96, (9, 17))])
-def test_winograd_float32_error_within_promise(c, k, size):
-    """F(2x2, 3x3) keeps float32 within 1e-5 of a float64 reference (F(4x4) does not)."""
+@pytest.mark.parametrize(
+    "c,k,size,r,m",
+    [
+        (256, 384, (13, 13), 3, 2),
+        (64, 64, (30, 30), 3, 4),
+        (256, 128, (26, 25), 3, 4),
+        (128, 96, (9, 17), 3, 2),
+        (48, 128, (27, 27), 5, 2),
+        (6, 16, (14, 14), 5, 2),
+    ],
+)
+def test_winograd_float32_error_within_promise(c, k, size, r, m):
+    """The tiles float32 takes keep all three passes within 1e-5 of a float64 reference
+    (max |err| / max |ref|; F(4x4, 5x5) and F(4x4, 3x3) on the points 0, ±1, ±2 do not)."""
     rng = np.random.default_rng(1)
-    x, w = _case(rng, 2, c, k, size, (3, 3), 1, 1, 1, 1)
-    ref = conv(x, w, padding=1, algorithm="im2col")
-    y32 = conv(x.astype(np.float32), w.astype(np.float32), padding=1, algorithm="winograd")
+    pad = r // 2
+    x, w = _case(rng, 2, c, k, size, (r, r), 1, 1, 1, 1)
+    ref = conv(x, w, padding=pad, algorithm="im2col")
+    assert dispatch.winograd_tile(np.dtype(np.float32), r, ref.shape[2:]) == m
+    y32 = conv(x.astype(np.float32), w.astype(np.float32), padding=pad, algorithm="winograd")
     assert y32.dtype == np.float32
     assert rel_err(y32, ref) <= 1e-5
     dy = rng.standard_normal(ref.shape)
-    dx_ref, dw_ref, _ = conv_backward(dy, x, w, padding=1, algorithm="im2col")
+    dx_ref, dw_ref, _ = conv_backward(dy, x, w, padding=pad, algorithm="im2col")
     dx32, dw32, _ = conv_backward(
         dy.astype(np.float32),
         x.astype(np.float32),
         w.astype(np.float32),
-        padding=1,
+        padding=pad,
         algorithm="winograd",
     )
     assert rel_err(dx32, dx_ref) <= 1e-5
@@ -237,6 +274,21 @@ def test_cost_model_on_the_suite():
     assert dispatch.cost_model("weight_grad", geometry(8, 64, 64, (56, 56), 3, 1, 1), f32) == (
         "im2col"
     )
+    # The input gradient takes Winograd where it runs F(4x4): not on AlexNet's 13x13.
+    vgg, alexnet_c3 = (
+        geometry(8, 256, 256, (56, 56), 3, 1, 1),
+        geometry(16, 256, 384, (13, 13), 3, 1, 1),
+    )
+    assert dispatch.cost_model("input_grad", vgg, f32) == "winograd"
+    assert dispatch.cost_model("input_grad", alexnet_c3, f32) == "im2col"
+    assert dispatch.cost_model("forward", alexnet_c3, f32) == "winograd"
+    assert dispatch.cost_model("input_grad", geometry(8, 64, 64, (64, 64), 3, 1, 2, 2), f32) == (
+        "im2col"
+    )
+    # 5x5 layers stay on im2col (F(2x2, 5x5) saves no time), though Winograd can run them.
+    c2 = geometry(16, 96, 256, (27, 27), 5, 1, 2, 1, 2)
+    assert "winograd" in dispatch.candidates("forward", c2, f32)
+    assert dispatch.cost_model("forward", c2, f32) == "im2col"
 
 
 def test_autotuner_caches_a_supported_winner_and_keeps_results():
@@ -296,20 +348,22 @@ def test_results_do_not_depend_on_the_thread_count():
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-5)])
 @pytest.mark.parametrize(
-    "algorithm,opts,c,o",
+    "algorithm,opts,c,o,k,size",
     [
-        ("winograd", dict(padding=1), 16, 24),
-        ("winograd", dict(padding=2, dilation=2, groups=2), 16, 8),
-        ("depthwise", dict(padding=1, groups=12), 12, 12),
-        ("depthwise", dict(padding=2, stride=2, groups=6), 6, 12),
-        ("full_conv", dict(padding=1, stride=2, dilation=(1, 2)), 6, 10),
+        ("winograd", dict(padding=1), 16, 24, 3, (14, 13)),  # F(2x2, 3x3)
+        ("winograd", dict(padding=1), 16, 24, 3, (27, 26)),  # F(4x4, 3x3)
+        ("winograd", dict(padding=2, dilation=2, groups=2), 16, 8, 3, (14, 13)),
+        ("winograd", dict(padding=2, groups=2), 16, 8, 5, (14, 13)),  # F(2x2, 5x5)
+        ("depthwise", dict(padding=1, groups=12), 12, 12, 3, (14, 13)),
+        ("depthwise", dict(padding=2, stride=2, groups=6), 6, 12, 3, (14, 13)),
+        ("full_conv", dict(padding=1, stride=2, dilation=(1, 2)), 6, 10, 3, (14, 13)),
     ],
 )
-def test_fast_paths_match_torch(algorithm, opts, c, o, dtype, tol):
+def test_fast_paths_match_torch(algorithm, opts, c, o, k, size, dtype, tol):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(7)
     groups = opts.get("groups", 1)
-    x, w = _case(rng, 3, c, o, (14, 13), (3, 3), 1, 1, 1, groups)
+    x, w = _case(rng, 3, c, o, size, (k, k), 1, 1, 1, groups)
     b = rng.standard_normal(o)
     xt = torch.tensor(x, requires_grad=True)
     wt = torch.tensor(w, requires_grad=True)

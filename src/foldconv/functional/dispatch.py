@@ -7,9 +7,9 @@ Passes: ``forward`` (eq. F), ``input_grad`` (eq. BX / BX') and ``weight_grad``
 - ``im2col``: unfold + GEMM (every geometry); a stride-1 1x1 layer skips the unfold;
 - ``full_conv``: input gradient only, the full convolution of δ with the flipped kernel,
   itself run by im2col (every geometry);
-- ``winograd``: F(2x2, 3x3) in float32 (F(4x4, 3x3) in float64), 2-d 3x3 stride-1
-  layers (any dilation, any groups), all three passes: the input gradient as a Winograd
-  full convolution, the weight gradient in the Winograd domain;
+- ``winograd``: F(m x m, r x r) for 2-d 3x3 and 5x5 stride-1 layers (any dilation, any
+  groups; m from :func:`winograd_tile`), all three passes: the input gradient as a
+  Winograd full convolution, the weight gradient in the Winograd domain;
 - ``depthwise``: direct per-tap passes for groups == C_in.
 
 ``auto`` asks the autotuner when :func:`set_benchmark` is on (each candidate is timed
@@ -69,11 +69,22 @@ def tuned_algorithms() -> dict[tuple, str]:
         return dict(_tuned)
 
 
-def _winograd_m(dtype: Any) -> int:
-    # F(4x4, 3x3) in float32 gives relative errors up to ~2e-5 against a float64
-    # reference (measured, BENCHMARKS.md), over the 1e-5 we promise; F(2x2, 3x3) stays
-    # under 1e-6. In float64 F(4x4) errs by ~3e-14.
-    return 4 if dtype.itemsize >= 8 else 2
+def winograd_tile(dtype: Any, r: int, out_shape: tuple[int, ...]) -> int:
+    """The output tile m of F(m x m, r x r) for this kernel size, dtype and output size.
+
+    Error against a float64 reference, max |err| / max |ref|, float32, measured over the
+    three passes on the suite's layers (BENCHMARKS.md): F(2x2, 3x3) <= 8e-7, F(4x4, 3x3)
+    with the points of winograd.POINTS <= 5.5e-6 (the usual 0, ±1, ±2 gave up to 1.7e-5),
+    F(2x2, 5x5) <= 5.3e-6, F(3x3, 5x5) and F(4x4, 5x5) up to 1.5e-5. So float32 takes
+    F(4x4) only for 3x3 kernels; float64 (errors ~1e-14) may take it for both. A larger
+    tile needs fewer multiplications but wastes more of its last row of tiles and costs
+    more per transform: measured, F(4x4) pays from outputs of 24 on (vgg_c3's 56x56:
+    forward 56 ms against F(2x2)'s 77, im2col's 81), F(2x2) below that.
+    """
+    big = min(out_shape) >= 24
+    if r == 3 or dtype.itemsize >= 8:
+        return 4 if big else 2
+    return 2
 
 
 def _flip_geometry(g: ConvGeometry) -> ConvGeometry:
@@ -138,8 +149,18 @@ def full_conv_input_grad(dy: Any, w: Any, g: ConvGeometry, forward: Callable | N
     return (forward or im2col.forward)(dy_full, w_flip, unpadded)
 
 
+def _winograd_fits(g: ConvGeometry, dtype: Any) -> bool:
+    m = winograd_tile(dtype, g.kernel[0], g.out_shape)
+    return winograd.supports(g) and winograd.fits(g, m, dtype.itemsize)
+
+
 def _winograd_forward(x_pad, w, g):
-    return winograd.forward(x_pad, w, g, _winograd_m(x_pad.dtype))
+    return winograd.forward(x_pad, w, g, winograd_tile(x_pad.dtype, g.kernel[0], g.out_shape))
+
+
+def _winograd_weight_grad(dy, x_pad, g):
+    m = winograd_tile(x_pad.dtype, g.kernel[0], g.out_shape)
+    return winograd.weight_grad(dy, x_pad, g, m)
 
 
 def _winograd_input_grad(dy, w, g):
@@ -151,10 +172,7 @@ _KERNELS: dict[str, dict[str, tuple[Callable, Callable]]] = {
     "forward": {
         "direct": (lambda g, dt: True, conv_forward_direct),
         "im2col": (lambda g, dt: True, im2col.forward),
-        "winograd": (
-            lambda g, dt: winograd.supports(g) and winograd.fits(g, _winograd_m(dt), dt.itemsize),
-            _winograd_forward,
-        ),
+        "winograd": (_winograd_fits, _winograd_forward),
         "depthwise": (lambda g, dt: depthwise.supports(g), depthwise.forward),
     },
     "input_grad": {
@@ -162,10 +180,7 @@ _KERNELS: dict[str, dict[str, tuple[Callable, Callable]]] = {
         "im2col": (lambda g, dt: True, im2col.input_grad),
         "full_conv": (lambda g, dt: True, full_conv_input_grad),
         "winograd": (
-            lambda g, dt: (
-                winograd.supports(g)
-                and winograd.fits(_flip_geometry(g), _winograd_m(dt), dt.itemsize)
-            ),
+            lambda g, dt: winograd.supports(g) and _winograd_fits(_flip_geometry(g), dt),
             _winograd_input_grad,
         ),
         "depthwise": (lambda g, dt: depthwise.supports(g), depthwise.input_grad),
@@ -173,10 +188,7 @@ _KERNELS: dict[str, dict[str, tuple[Callable, Callable]]] = {
     "weight_grad": {
         "direct": (lambda g, dt: True, conv_weight_grad_direct),
         "im2col": (lambda g, dt: True, im2col.weight_grad),
-        "winograd": (
-            lambda g, dt: winograd.supports(g) and winograd.fits(g, _winograd_m(dt), dt.itemsize),
-            lambda dy, x_pad, g: winograd.weight_grad(dy, x_pad, g, _winograd_m(x_pad.dtype)),
-        ),
+        "winograd": (_winograd_fits, _winograd_weight_grad),
         "depthwise": (lambda g, dt: depthwise.supports(g), depthwise.weight_grad),
     },
 }
@@ -193,22 +205,24 @@ def candidates(pass_: str, g: ConvGeometry, dtype: Any) -> list[str]:
 def cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
     """The algorithm ``auto`` uses without the autotuner.
 
-    Rules from timing each kernel on the CPU suite and on a sweep of 3x3 layers
-    (BENCHMARKS.md): the depthwise kernel always beats a GEMM with one input channel per
-    group. Winograd F(2x2, 3x3) wins the forward and the weight gradient once both
-    channel counts per group reach 128 (below that its transforms, which are
-    memory-bound, cost more than the GEMM time they save), and the input gradient, whose
-    col2im costs more than the forward's unfold, from 64 on. Neither pays on outputs under
-    8x8, nor the forward and weight gradient on dilated layers, whose phases are small.
+    Rules from timing each kernel on the CPU suite and on a sweep of 3x3 layers, with
+    OpenBLAS's AVX2 and AVX-512 kernels (BENCHMARKS.md): the depthwise kernel always
+    beats a GEMM with one input channel per group. Winograd pays for 3x3 layers without
+    dilation once both channel counts per group reach 128 (below that its transforms,
+    which are memory-bound, cost more than the GEMM time they save): the forward and the
+    weight gradient from outputs of 8x8 on, the input gradient (a convolution whose
+    output is the padded input) where it runs F(4x4), from 24x24 on. 5x5 layers stay on
+    im2col: F(2x2, 5x5), the largest tile accurate enough in float32, saves
+    multiplications but not time (alexnet_c2_g2 forward 32 ms against 31).
     """
     options = candidates(pass_, g, dtype)
     if "depthwise" in options:
         return "depthwise"
-    if "winograd" in options and min(g.out_shape) >= 8:
-        channels = min(g.in_channels, g.out_channels) // g.groups
-        if pass_ in ("forward", "weight_grad") and channels >= 128 and g.dilation == (1, 1):
+    channels = min(g.in_channels, g.out_channels) // g.groups
+    if "winograd" in options and g.kernel == (3, 3) and g.dilation == (1, 1) and channels >= 128:
+        if pass_ in ("forward", "weight_grad") and min(g.out_shape) >= 8:
             return "winograd"
-        if pass_ == "input_grad" and channels >= 64:
+        if pass_ == "input_grad" and min(g.padded_shape) >= 24:
             return "winograd"
     return "im2col"
 
