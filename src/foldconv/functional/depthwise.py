@@ -12,6 +12,9 @@ fused pass over a block of the output:
 with channel multiplier m = C_out / C_in. The output is walked in blocks of samples x
 channels small enough to stay in cache across the prod(K) passes, and the blocks are
 shared among threads (NumPy releases the GIL inside these loops).
+
+Where Numba is installed, 1-d and 2-d float32/float64 layers run the same sums compiled
+(functional/depthwise_compiled.py), one pass over the output instead of prod(K).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import itertools
 from typing import Any
 
 from foldconv.backend import get_array_module
+from foldconv.functional import depthwise_compiled
 from foldconv.functional._args import ConvGeometry
 from foldconv.functional.threads import parallel_map
 
@@ -69,6 +73,8 @@ def forward(x_pad: Any, w: Any, g: ConvGeometry) -> Any:
     -------
     ndarray, shape (N, C·m, *out)
     """
+    if depthwise_compiled.applies(g, x_pad, w):
+        return depthwise_compiled.forward(x_pad, w, g)
     xp = get_array_module(x_pad)
     c, m = g.in_channels, g.out_channels // g.in_channels
     nd = g.ndim
@@ -102,6 +108,8 @@ def input_grad(dy: Any, w: Any, g: ConvGeometry) -> Any:
     -------
     ndarray, shape (N, C, *S_pad)
     """
+    if depthwise_compiled.applies(g, dy, w):
+        return depthwise_compiled.input_grad(dy, w, g)
     xp = get_array_module(dy)
     c, m = g.in_channels, g.out_channels // g.in_channels
     nd = g.ndim
@@ -133,6 +141,8 @@ def weight_grad(dy: Any, x_pad: Any, g: ConvGeometry) -> Any:
     -------
     ndarray, shape (C·m, 1, *K)
     """
+    if depthwise_compiled.applies(g, dy, x_pad):
+        return depthwise_compiled.weight_grad(dy, x_pad, g)
     xp = get_array_module(dy)
     c, m = g.in_channels, g.out_channels // g.in_channels
     nd = g.ndim
