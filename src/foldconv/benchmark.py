@@ -309,10 +309,39 @@ def machine_info() -> dict:
         info["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
     except Exception:
         pass
+    # OpenBLAS picks its kernel at load time; an environment may pin an older one
+    # (OPENBLAS_CORETYPE=Haswell runs AVX2 code on an AVX-512 CPU: half the GEMM rate).
+    info["blas_kernel"] = _blas_kernel()
+    from foldconv.functional import depthwise_compiled
+
+    info["compiled"] = _numba_version() if depthwise_compiled.get_compiled() else "off"
     torch = _torch()
     if torch is not None:
         info["torch"] = torch.__version__
     return info
+
+
+def _blas_kernel() -> str:
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    try:
+        import threadpoolctl
+
+        for lib in threadpoolctl.threadpool_info():
+            if lib.get("internal_api") == "openblas" and "numpy" in lib.get("filepath", ""):
+                arch = lib.get("architecture", "?")
+                return f"{arch} (pinned by OPENBLAS_CORETYPE)" if pinned else arch
+    except Exception:
+        pass
+    return f"{pinned} (OPENBLAS_CORETYPE)" if pinned else "unknown"
+
+
+def _numba_version() -> str:
+    try:
+        import numba
+
+        return f"numba {numba.__version__}"
+    except ImportError:
+        return "off"
 
 
 def format_table(rows: list[dict]) -> str:
