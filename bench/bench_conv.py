@@ -28,6 +28,7 @@ def main(argv=None) -> int:
             algorithm=a.algorithm,
             settle_s=a.settle,
             baseline=a.baseline,
+            rounds=a.rounds,
             progress=lambda s: print(s, file=sys.stderr),
         )
     )

@@ -56,6 +56,34 @@ def test_bench_one_custom_layer_as_json(capsys):
         assert row["ratio_fwd"] == pytest.approx(row["ours_fwd_ms"] / row["torch_fwd_ms"])
 
 
+def test_bench_rounds_report_medians_and_the_ratio_range(capsys):
+    args = ["bench", "--in", "2,3,8,8", "--out-channels", "4", "--kernel", "3"]
+    args += ["--budget", "0.01", "--min-reps", "2", "--rounds", "3"]
+    assert main(args + ["--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["rounds"] == 3
+    if "ratio_fwd_bwd" in row:
+        assert row["ratio_fwd_bwd_min"] <= row["ratio_fwd_bwd"] <= row["ratio_fwd_bwd_max"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "rounds: 3" in table
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in lines}) == 1  # every row has every column
+    assert main(["bench", "--rounds", "0"]) == 2
+    assert "rounds" in capsys.readouterr().err
+
+
+def test_merge_rounds_takes_medians():
+    rounds = [
+        [{"name": "a", "ours_fwd_ms": v, "ratio_fwd_bwd": v / 10, "picked": None}]
+        for v in (3.0, 1.0, 2.0)
+    ]
+    (row,) = benchmark.merge_rounds(rounds)
+    assert row["ours_fwd_ms"] == 2.0 and row["ratio_fwd_bwd"] == pytest.approx(0.2)
+    assert row["ratio_fwd_bwd_min"] == pytest.approx(0.1)
+    assert row["ratio_fwd_bwd_max"] == pytest.approx(0.3)
+
+
 def test_bench_rejects_bad_layers(capsys):
     assert main(["bench", "--layers", "nope"]) == 2
     assert "--layers" in capsys.readouterr().err

@@ -350,6 +350,9 @@ def format_table(rows: list[dict]) -> str:
     if has_torch:
         head[2:2] = ["torch fwd ms", "fwd ratio"]
         head[5:5] = ["torch f+b ms", "f+b ratio"]
+    has_range = has_torch and all("ratio_fwd_bwd_min" in r for r in rows)
+    if has_range:
+        head.insert(7, "f+b ratio range")
     has_plain = has_torch and all("plain_fwd_bwd_ms" in r for r in rows)
     if has_plain:
         head += ["plain NumPy f+b ms", "plain f+b ratio"]
@@ -361,6 +364,8 @@ def format_table(rows: list[dict]) -> str:
         cells.append(f"{r['ours_fwd_bwd_ms']:.2f}")
         if has_torch:
             cells += [f"{r['torch_fwd_bwd_ms']:.2f}", f"{r['ratio_fwd_bwd']:.2f}"]
+        if has_range:
+            cells.append(f"{r['ratio_fwd_bwd_min']:.2f}-{r['ratio_fwd_bwd_max']:.2f}")
         cells.append(f"{r['ours_fwd_bwd_gflops']:.1f}")
         picked = r.get("picked")
         if picked:
@@ -375,12 +380,29 @@ def format_table(rows: list[dict]) -> str:
     if has_torch and rows:
         g_f = geomean([r["ratio_fwd"] for r in rows])
         g_fb = geomean([r["ratio_fwd_bwd"] for r in rows])
-        tail = " | |"
+        tail = " | | |" if has_range else " | |"
         if has_plain:
             g_p = geomean([r["plain_ratio_fwd_bwd"] for r in rows])
             tail += f" | {g_p:.2f} |"
         lines.append(f"| geometric mean | | | {g_f:.2f} | | | {g_fb:.2f} |{tail}")
     return "\n".join(lines)
+
+
+def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """Per layer, the median over rounds of every timing and ratio; adds the range of the
+    f+b ratio over rounds (``ratio_fwd_bwd_min``/``_max``) when there is more than one."""
+    merged = []
+    for per_layer in zip(*rounds, strict=True):
+        row = dict(per_layer[0])
+        for key, value in per_layer[0].items():
+            if isinstance(value, float):
+                row[key] = float(np.median([r[key] for r in per_layer]))
+        if len(per_layer) > 1 and "ratio_fwd_bwd" in row:
+            ratios = [r["ratio_fwd_bwd"] for r in per_layer]
+            row.update(ratio_fwd_bwd_min=min(ratios), ratio_fwd_bwd_max=max(ratios))
+        row["rounds"] = len(per_layer)
+        merged.append(row)
+    return merged
 
 
 def run(
@@ -393,26 +415,42 @@ def run(
     algorithm: str = "auto",
     settle_s: float = SETTLE_S,
     baseline: bool = False,
+    rounds: int = 1,
 ) -> str:
-    """Benchmark ``layers``; returns the Markdown table (with a machine line) or JSON."""
-    rows = []
-    for layer in layers:
-        if progress:
-            progress(f"benchmarking {layer.name} ...")
-        rows.append(
-            bench_layer(
-                layer,
-                min_reps=min_reps,
-                budget_s=budget_s,
-                algorithm=algorithm,
-                settle_s=settle_s,
-                baseline=baseline,
+    """Benchmark ``layers``; returns the Markdown table (with a machine line) or JSON.
+
+    With ``rounds`` > 1 the whole list is timed that many times over and each figure is
+    the median over rounds: on a shared machine both libraries have slow periods of
+    seconds to minutes (PyTorch's 1x1 and depthwise layers 2-3x, measured), which a
+    single pass over the suite records as they fall.
+    """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds: expected a positive int, got {rounds!r}")
+    passes = []
+    for number in range(rounds):
+        rows = []
+        for layer in layers:
+            if progress:
+                suffix = f" (round {number + 1}/{rounds})" if rounds > 1 else ""
+                progress(f"benchmarking {layer.name}{suffix} ...")
+            rows.append(
+                bench_layer(
+                    layer,
+                    min_reps=min_reps,
+                    budget_s=budget_s,
+                    algorithm=algorithm,
+                    settle_s=settle_s,
+                    baseline=baseline,
+                )
             )
-        )
+        passes.append(rows)
+    rows = merge_rounds(passes)
     if as_json:
         return json.dumps({"machine": machine_info(), "rows": rows}, indent=2)
     info = machine_info()
     header = ", ".join(f"{k}: {v}" for k, v in info.items())
+    if rounds > 1:
+        header += f", rounds: {rounds} (medians over rounds)"
     return f"{header}\n\n{format_table(rows)}"
 
 
@@ -456,6 +494,12 @@ def add_arguments(parser) -> None:
         "--baseline",
         action="store_true",
         help="also time the plain NumPy im2col of shared/docs/bench-suite.md (2-d layers)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time the whole suite this many times and report medians over the rounds",
     )
     parser.add_argument(
         "--settle",

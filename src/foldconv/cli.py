@@ -291,6 +291,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         algorithm=args.algorithm,
         settle_s=args.settle,
         baseline=args.baseline,
+        rounds=args.rounds,
         progress=lambda s: print(s, file=sys.stderr),
     )
     print(out)
