@@ -8,6 +8,7 @@ import pytest
 
 import foldconv
 from foldconv.functional import _args, conv, conv_backward, depthwise, depthwise_compiled
+from foldconv.functional.padding import apply_pad, pad_adjoint
 from tests.gradcheck import directional_check, rel_err
 
 pytest.importorskip("numba")
@@ -18,6 +19,10 @@ CASES = [  # size, kernel, stride, dilation, padding, multiplier
     ((9, 16), (5, 5), (1, 2), (2, 1), ((1, 3), (2, 0)), 1),
     ((17,), (4,), (3,), (2,), 2, 3),
     ((20,), (3,), (1,), (1,), 1, 1),
+    # Padding wider than the kernel's reach: border outputs read nothing but zeros.
+    ((7, 6), (2, 2), (1, 1), (1, 1), 3, 1),
+    ((10, 11), (3, 3), (3, 2), (1, 2), ((4, 1), (0, 5)), 2),
+    ((8,), (2,), (2,), (3,), ((5, 4),), 1),
 ]
 
 
@@ -91,6 +96,25 @@ def test_compiled_matches_torch(case, dtype, tol):
     assert rel_err(dw, wt.grad.numpy()) <= tol
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_kernels_pad_by_themselves_as_on_a_padded_input(case):
+    """padded=False (the kernels skip the taps in the zero padding) against the same
+    kernels on an explicitly padded input."""
+    size, kernel, stride, dilation, padding, mult = case
+    rng = np.random.default_rng(21)
+    x, w = _data(rng, size, kernel, mult)
+    g = _args.conv_geometry(x.shape, w.shape, stride, padding, dilation, x.shape[1], "zeros")
+    x_pad = apply_pad(x, g.pads, "zeros")
+    dy = rng.standard_normal((3, w.shape[0]) + g.out_shape)
+    y = depthwise_compiled.forward(x, w, g, padded=False)
+    assert np.array_equal(y, depthwise_compiled.forward(x_pad, w, g))
+    dx = depthwise_compiled.input_grad(dy, w, g, padded=False)
+    dx_pad = depthwise_compiled.input_grad(dy, w, g)
+    assert rel_err(dx, pad_adjoint(dx_pad, g.in_shape, g.pads, "zeros")) <= 1e-14
+    dw = depthwise_compiled.weight_grad(dy, x, g, padded=False)
+    assert rel_err(dw, depthwise_compiled.weight_grad(dy, x_pad, g)) <= 1e-14
+
+
 def test_compiled_passes_finite_differences():
     rng = np.random.default_rng(3)
     x, w = _data(rng, (9, 8), (3, 3), 2)
@@ -147,7 +171,7 @@ def test_results_do_not_depend_on_the_thread_count():
 
 
 def test_what_takes_the_numpy_path(monkeypatch):
-    def fail(*args):
+    def fail(*args, **kwargs):
         raise AssertionError("the compiled kernel ran")
 
     monkeypatch.setattr(depthwise_compiled, "forward", fail)

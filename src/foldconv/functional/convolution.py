@@ -126,9 +126,11 @@ def conv(
     g = conv_geometry(xb.shape, weight.shape, stride, padding, dilation, groups, padding_mode)
     check_bias(bias, g.out_channels)
     cdt = compute_dtype(xb.dtype)
-    x_pad = apply_pad(xb.astype(cdt, copy=False), g.pads, g.padding_mode)
+    xc = xb.astype(cdt, copy=False)
     w = weight.astype(cdt, copy=False)
-    y = dispatch.run("forward", algorithm, g, x_pad, w)
+    y = dispatch.run_unpadded("forward", algorithm, g, xc, w)
+    if y is None:
+        y = dispatch.run("forward", algorithm, g, apply_pad(xc, g.pads, g.padding_mode), w)
     return _finish(y, bias, xb.dtype, unbatched)
 
 
@@ -169,12 +171,17 @@ def conv_backward(
     g = conv_geometry(xb.shape, weight.shape, stride, padding, dilation, groups, padding_mode)
     dy = _batched_grad(grad_output, unbatched, (g.batch, g.out_channels) + g.out_shape)
     cdt = compute_dtype(xb.dtype)
-    x_pad = apply_pad(xb.astype(cdt, copy=False), g.pads, g.padding_mode)
+    xc = xb.astype(cdt, copy=False)
     w = weight.astype(cdt, copy=False)
     dy = dy.astype(cdt, copy=False)
-    dw = dispatch.run("weight_grad", algorithm, g, dy, x_pad)
-    dx_pad = dispatch.run("input_grad", algorithm, g, dy, w)
-    dx = pad_adjoint(dx_pad, g.in_shape, g.pads, g.padding_mode)
+    dw = dispatch.run_unpadded("weight_grad", algorithm, g, dy, xc)
+    if dw is None:
+        x_pad = apply_pad(xc, g.pads, g.padding_mode)
+        dw = dispatch.run("weight_grad", algorithm, g, dy, x_pad)
+    dx = dispatch.run_unpadded("input_grad", algorithm, g, dy, w)
+    if dx is None:
+        dx_pad = dispatch.run("input_grad", algorithm, g, dy, w)
+        dx = pad_adjoint(dx_pad, g.in_shape, g.pads, g.padding_mode)
     db = dy.sum(axis=(0,) + tuple(range(2, 2 + g.ndim)))
     dtype = xb.dtype
     dx = dx.astype(dtype, copy=False)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from foldconv.backend import get_array_module
-from foldconv.functional import depthwise, im2col, winograd
+from foldconv.functional import depthwise, depthwise_compiled, im2col, winograd
 from foldconv.functional._args import ConvGeometry
 from foldconv.functional.direct import (
     conv_forward_direct,
@@ -268,6 +268,22 @@ def select(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str, xp: Any, arg
             "use 'auto' or 'im2col'"
         )
     return name
+
+
+def run_unpadded(pass_: str, algorithm: str, g: ConvGeometry, *args: Any) -> Any:
+    """Run one pass on the *unpadded* input where the chosen kernel pads by itself (zero
+    padding, compiled depthwise kernels): forward(x, w), input_grad(dy, w) returning dX
+    (not dX_pad), weight_grad(dy, x). Returns None where that does not apply; the caller
+    then pads and calls :func:`run`."""
+    if g.padding_mode != "zeros" or (algorithm == "auto" and _benchmark):
+        return None
+    name = cost_model(pass_, g, args[0].dtype) if algorithm == "auto" else algorithm
+    if name != "depthwise" or not depthwise.supports(g):
+        return None
+    if not depthwise_compiled.applies(g, *args):
+        return None
+    kernel = getattr(depthwise_compiled, pass_)
+    return kernel(*args, g, padded=False)
 
 
 def run(pass_: str, algorithm: str, g: ConvGeometry, *args: Any) -> Any:
