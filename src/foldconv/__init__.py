@@ -5,7 +5,7 @@ forward/backward pairs); layers holding parameters in :mod:`foldconv.nn`.
 """
 
 from foldconv._config import get_workspace_limit, set_workspace_limit
-from foldconv.functional.depthwise_compiled import get_compiled, set_compiled
+from foldconv.functional.compiled import get_compiled, set_compiled
 from foldconv.functional.dispatch import get_benchmark, set_benchmark
 from foldconv.functional.threads import get_num_threads, set_num_threads
 

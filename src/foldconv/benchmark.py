@@ -312,9 +312,9 @@ def machine_info() -> dict:
     # OpenBLAS picks its kernel at load time; an environment may pin an older one
     # (OPENBLAS_CORETYPE=Haswell runs AVX2 code on an AVX-512 CPU: half the GEMM rate).
     info["blas_kernel"] = _blas_kernel()
-    from foldconv.functional import depthwise_compiled
+    from foldconv.functional import compiled
 
-    info["compiled"] = _numba_version() if depthwise_compiled.get_compiled() else "off"
+    info["compiled"] = _numba_version() if compiled.get_compiled() else "off"
     torch = _torch()
     if torch is not None:
         info["torch"] = torch.__version__

@@ -10,7 +10,8 @@ outermost), so it agrees to rounding; the weight gradient sums in float64 (its s
 over N·prod(out) terms) and rounds once.
 
 Used when Numba is installed (``pip install foldconv[fast]``) and the arrays are float32
-or float64 CPU arrays of a 1-d or 2-d layer; :func:`set_compiled` turns it off. Each
+or float64 CPU arrays of a 1-d or 2-d layer; ``foldconv.set_compiled(False)`` turns it
+off. Each
 kernel is compiled once per dtype on first use and cached on disk. Blocks of channels
 run on foldconv's thread pool: the kernels release the GIL.
 """
@@ -18,48 +19,18 @@ run on foldconv's thread pool: the kernels release the GIL.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from typing import Any
 
 import numpy as np
 
+from foldconv.functional import compiled
 from foldconv.functional._args import ConvGeometry
 from foldconv.functional.threads import parallel_map
-
-_enabled = True
-
-
-def available() -> bool:
-    """Numba can be imported."""
-    return importlib.util.find_spec("numba") is not None
-
-
-def set_compiled(enabled: bool) -> bool:
-    """Use the compiled kernels where they apply (default: on when Numba is installed).
-
-    Returns the previous setting. With it off, every pass runs the NumPy path.
-    """
-    global _enabled
-    if not isinstance(enabled, bool):
-        raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
-    previous, _enabled = _enabled, enabled
-    return previous
-
-
-def get_compiled() -> bool:
-    return _enabled and available()
 
 
 def applies(g: ConvGeometry, *arrays: Any) -> bool:
     """These arrays and this geometry can take the compiled kernels."""
-    if not (_enabled and g.ndim in (1, 2)):
-        return False
-    dtype = arrays[0].dtype
-    if dtype not in (np.float32, np.float64):
-        return False
-    if not all(type(a) is np.ndarray and a.dtype == dtype for a in arrays):
-        return False
-    return available()
+    return g.ndim in (1, 2) and compiled.takes(*arrays)
 
 
 @functools.cache

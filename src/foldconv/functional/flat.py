@@ -29,6 +29,7 @@ from typing import Any
 
 from foldconv._config import get_workspace_limit
 from foldconv.backend import get_array_module
+from foldconv.functional import compiled, flat_compiled
 from foldconv.functional._args import ConvGeometry
 from foldconv.functional.workspace import scratch
 
@@ -212,6 +213,9 @@ def input_grad(dy: Any, w: Any, g: ConvGeometry) -> Any:
             xp.matmul(wg_t[j], d[j], out=cols[j])
         arr = buf.reshape((g.in_channels, len(plan.taps), n, length))
         target = dph[n0:n1]
+        if compiled.takes(arr, target):
+            flat_compiled.add_taps(arr, target, plan.phase, plan.offset)
+            continue
         for i, (ph, off) in enumerate(zip(plan.phase, plan.offset, strict=True)):
             target[:, :, ph, off : off + length] += arr[:, i].transpose(1, 0, 2)
     return _merge(dph, g, plan)

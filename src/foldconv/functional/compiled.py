@@ -1,0 +1,51 @@
+"""The switch for foldconv's optional compiled kernels (Numba).
+
+Compiled kernels exist where NumPy's per-call passes cost more than the arithmetic:
+depthwise convolutions (functional/depthwise_compiled.py) and col2im on the flat grid
+(functional/flat_compiled.py). Each has a NumPy twin that runs when Numba is absent or the
+switch is off, and the tests run both.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+_enabled = True
+
+
+@cache
+def available() -> bool:
+    """Numba can be imported."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def set_compiled(enabled: bool) -> bool:
+    """Use the compiled kernels where they apply (default: on when Numba is installed).
+
+    Returns the previous setting. With it off, every pass runs the NumPy path.
+    """
+    global _enabled
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+    previous, _enabled = _enabled, enabled
+    return previous
+
+
+def get_compiled() -> bool:
+    """Whether the compiled kernels run (the switch is on and Numba is installed)."""
+    return _enabled and available()
+
+
+def takes(*arrays: Any) -> bool:
+    """The compiled kernels can take these arrays: float32 or float64 NumPy arrays of one
+    dtype, with the switch on and Numba installed."""
+    dtype = arrays[0].dtype
+    if dtype not in (np.float32, np.float64):
+        return False
+    if not all(type(a) is np.ndarray and a.dtype == dtype for a in arrays):
+        return False
+    return get_compiled()
