@@ -49,3 +49,17 @@ def takes(*arrays: Any) -> bool:
     if not all(type(a) is np.ndarray and a.dtype == dtype for a in arrays):
         return False
     return get_compiled()
+
+
+def njit(**options: Any) -> Any:
+    """numba.njit with an on-disk cache where one can be written; without one (a read-only
+    install and no writable home) Numba refuses ``cache=True``, so compile per process."""
+    import numba
+
+    def decorate(fn: Any) -> Any:
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:
+            return numba.njit(cache=False, **options)(fn)
+
+    return decorate

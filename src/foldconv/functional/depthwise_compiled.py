@@ -35,9 +35,7 @@ def applies(g: ConvGeometry, *arrays: Any) -> bool:
 
 @functools.cache
 def _kernels() -> dict[str, Any]:
-    import numba
-
-    jit = numba.njit(nogil=True, cache=True, boundscheck=False)
+    jit = compiled.njit(nogil=True, boundscheck=False)
 
     # Zero padding happens per (sample, channel) plane, in a scratch plane that stays in
     # cache: copying the plane in is cheap, and the taps then read whole rows at fixed
@@ -136,7 +134,7 @@ def _kernels() -> dict[str, Any]:
     # fast-math assumption): a sum in strict order cannot be vectorised, 27 ms against
     # 6 ms on the suite's depthwise layer (measured). The sums run in float64 over the
     # float32 products, so their order moves the result by ~1e-16, not 1e-7.
-    @numba.njit(nogil=True, cache=True, boundscheck=False, fastmath={"reassoc"})
+    @compiled.njit(nogil=True, boundscheck=False, fastmath={"reassoc"})
     def weight_grad(dy, x, dwt, mult, sh, sw, dh, dw, pt, pl, hp, wp, c0, c1):  # pragma: no cover
         # dwt[co, kh, kw]
         #     = Σ_{n, oh, ow} dy[n, co, oh, ow] · x_pad[n, co // mult, oh·sh + kh·dh, ow·sw + kw·dw]

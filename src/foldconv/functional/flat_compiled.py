@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from foldconv.functional import compiled
+
 
 @functools.cache
 def _kernels() -> dict[str, Any]:
-    import numba
-
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    @compiled.njit(nogil=True, boundscheck=False)
     def add_taps(cols, out, phase, offset, length):  # pragma: no cover - compiled
         # out[n, c, phase[t], offset[t] + l] += cols[c, t, n, l]
         channels, taps, n_batch = cols.shape[0], cols.shape[1], cols.shape[2]
