@@ -78,8 +78,9 @@ def winograd_tile(dtype: Any, r: int, out_shape: tuple[int, ...]) -> int:
     F(2x2, 5x5) <= 5.3e-6, F(3x3, 5x5) and F(4x4, 5x5) up to 1.5e-5. So float32 takes
     F(4x4) only for 3x3 kernels; float64 (errors ~1e-14) may take it for both. A larger
     tile needs fewer multiplications but wastes more of its last row of tiles and costs
-    more per transform: measured, F(4x4) pays from outputs of 24 on (vgg_c3's 56x56:
-    forward 56 ms against F(2x2)'s 77, im2col's 81), F(2x2) below that.
+    more per transform: measured, F(4x4) pays from outputs of 24 on (vgg_c3's 56x56
+    forward: 72 ms against F(2x2)'s 101 and im2col's 140 with OpenBLAS pinned to its
+    Haswell kernel, 58 / 75 / 81 unpinned), F(2x2) below that.
     """
     big = min(out_shape) >= 24
     if r == 3 or dtype.itemsize >= 8:
@@ -212,8 +213,9 @@ def cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
     which are memory-bound, cost more than the GEMM time they save): the forward and the
     weight gradient from outputs of 8x8 on, the input gradient (a convolution whose
     output is the padded input) where it runs F(4x4), from 24x24 on. 5x5 layers stay on
-    im2col: F(2x2, 5x5), the largest tile accurate enough in float32, saves
-    multiplications but not time (alexnet_c2_g2 forward 32 ms against 31).
+    im2col: F(2x2, 5x5), the largest tile accurate enough in float32, saves little time
+    (alexnet_c2_g2 forward 38 ms against 44 pinned, 33 against 30 unpinned) and loses in
+    the input gradient (73 against 48).
     """
     options = candidates(pass_, g, dtype)
     if "depthwise" in options:

@@ -34,8 +34,9 @@ from foldconv.functional._args import ConvGeometry
 from foldconv.functional.workspace import scratch_split
 
 # Interpolation points, in the order they are taken: F(m, r) uses the first m + r - 2 of
-# them and ∞. Ordered by the float32 error they give (measured on F(4, 3), C = 256: the
-# usual {0, ±1, ±2} errs by 7.5e-6 of the output's scale, {0, ±1, 2, -1/2} by 3.4e-6).
+# them and ∞. Chosen by the float32 error they give (F(4x4, 3x3), three passes, 256
+# channels, max |err| / max |ref|: the usual {0, ±1, ±2} up to 1.7e-5, over the promised
+# 1e-5; {0, ±1, 2, -1/2} up to 5.5e-6; BENCHMARKS.md).
 POINTS = (
     Fraction(0),
     Fraction(1),
