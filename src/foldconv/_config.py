@@ -1,10 +1,19 @@
-"""Process-wide settings: the im2col workspace limit."""
+"""Process-wide settings: the im2col workspace limit, and the size of tile that keeps a
+GEMM's unfolded operand in cache."""
 
 from __future__ import annotations
 
 import operator
 
 _DEFAULT_WORKSPACE_LIMIT = 256 * 1024 * 1024
+
+# Batches are unfolded this many bytes at a time (whole samples; never beyond the
+# workspace limit): a buffer of about half the last-level cache (32 MiB here) is still in
+# cache when the GEMM reads it, where one buffer for the whole batch has gone out to
+# memory. Measured, conv + conv_backward with tiles of 16 MiB against 256 MiB:
+# alexnet_c1 19.7 + 44.9 ms against 25.4 + 53.4, the dilated layer 13.4 + 29.5 against
+# 17.1 + 37.3, alexnet_c2_g2 38.9 + 76.0 against 45.5 + 92.8 (OpenBLAS pinned to Haswell).
+CACHE_TILE_BYTES = 16 * 1024 * 1024
 _workspace_limit = _DEFAULT_WORKSPACE_LIMIT
 
 

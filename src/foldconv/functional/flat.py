@@ -27,7 +27,7 @@ import itertools
 import math
 from typing import Any
 
-from foldconv._config import get_workspace_limit
+from foldconv._config import CACHE_TILE_BYTES, get_workspace_limit
 from foldconv.backend import get_array_module
 from foldconv.functional import compiled, flat_compiled
 from foldconv.functional._args import ConvGeometry
@@ -75,7 +75,9 @@ def supports(g: ConvGeometry, itemsize: int) -> bool:
 
 
 def _chunks(g: ConvGeometry, plan: _Plan, itemsize: int) -> list[tuple[int, int]]:
-    step = max(1, get_workspace_limit() // _per_sample_bytes(g, plan, itemsize))
+    # Whole samples up to CACHE_TILE_BYTES: buffers still in cache when the GEMM reads them.
+    target = min(get_workspace_limit(), CACHE_TILE_BYTES)
+    step = max(1, target // _per_sample_bytes(g, plan, itemsize))
     return [(n0, min(g.batch, n0 + step)) for n0 in range(0, g.batch, step)]
 
 

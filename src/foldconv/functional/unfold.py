@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from foldconv._config import get_workspace_limit
+from foldconv._config import CACHE_TILE_BYTES, get_workspace_limit
 from foldconv.backend import get_array_module
 from foldconv.functional._args import (
     as_float_array,
@@ -141,7 +141,9 @@ def plan_tiles(
     ``bytes_per_position`` is what one output position of one sample costs in all the
     buffers a pass keeps (C_in·prod(K) elements per buffer). Whole samples are grouped
     when they fit; otherwise one sample's output is cut along its leading spatial
-    dimensions, so the limit holds however large a single image is.
+    dimensions, so the limit holds however large a single image is. Whole samples are
+    grouped up to CACHE_TILE_BYTES (see foldconv._config), so that the buffers are still
+    in cache when the GEMM reads them.
     """
     limit = get_workspace_limit()
     max_positions = limit // max(bytes_per_position, 1)
@@ -155,7 +157,8 @@ def plan_tiles(
     if per_sample == 0 or batch == 0:
         return
     if per_sample <= max_positions:
-        step = max(1, min(batch, max_positions // per_sample))
+        cached = min(limit, CACHE_TILE_BYTES) // max(bytes_per_position, 1)
+        step = max(1, min(batch, cached // per_sample))
         full = tuple((0, o) for o in out_shape)
         for n0 in range(0, batch, step):
             yield Tile(n0, min(batch, n0 + step), full, kernel, stride, dilation)
