@@ -9,11 +9,14 @@ input gradient receives each element's contributions in another order (output ro
 outermost), so it agrees to rounding; the weight gradient sums in float64 (its sums run
 over N·prod(out) terms) and rounds once.
 
+Zero padding is done by the kernels themselves, one (sample, channel) plane at a time in a
+scratch plane that stays in cache, so zero-padded layers need no padded copy of the input
+and no crop of its gradient.
+
 Used when Numba is installed (``pip install foldconv[fast]``) and the arrays are float32
 or float64 CPU arrays of a 1-d or 2-d layer; ``foldconv.set_compiled(False)`` turns it
-off. Each
-kernel is compiled once per dtype on first use and cached on disk. Blocks of channels
-run on foldconv's thread pool: the kernels release the GIL.
+off. Each kernel is compiled once per dtype on first use and cached on disk. Blocks of
+channels run on foldconv's thread pool: the kernels release the GIL.
 """
 
 from __future__ import annotations
@@ -198,7 +201,7 @@ def _front_pads(g: ConvGeometry, padded: bool) -> tuple[int, int, int, int]:
     lows = (0, 0) if padded else tuple(lo for lo, _ in g.pads)
     plane = g.padded_shape
     if g.ndim == 1:
-        return (0, lows[-1] if not padded else 0, 1, plane[0])
+        return (0, lows[-1], 1, plane[0])
     return lows + plane
 
 
@@ -208,7 +211,7 @@ def forward(x: Any, w: Any, g: ConvGeometry, *, padded: bool = True) -> Any:
     Parameters
     ----------
     x : ndarray, shape (N, C, *S_pad), or (N, C, *S) when ``padded`` is False (zero
-        padding only: the kernels skip the taps that fall in it)
+        padding only: the kernels pad each plane in cache)
     w : ndarray, shape (C·m, 1, *K)
 
     Returns
@@ -230,7 +233,8 @@ def input_grad(dy: Any, w: Any, g: ConvGeometry, *, padded: bool = True) -> Any:
     run = _kernels()["input_grad"]
     d4, w3 = _as_2d(dy, g), _kernel_2d(w, g)
     shape = g.padded_shape if padded else g.in_shape
-    dx = np.zeros((g.batch, g.in_channels) + (1,) * (2 - g.ndim) + shape, dtype=dy.dtype)
+    # Every element is written: each plane is accumulated in scratch, then copied out.
+    dx = np.empty((g.batch, g.in_channels) + (1,) * (2 - g.ndim) + shape, dtype=dy.dtype)
     p = _params(g) + _front_pads(g, padded)
     parallel_map(lambda b: run(d4, w3, dx, *p, b[0], b[1]), _blocks(g.in_channels))
     return dx.reshape((g.batch, g.in_channels) + shape)
