@@ -183,6 +183,28 @@ def test_fast_paths_pass_finite_differences(algorithm):
     assert directional_check(loss_w, w, dw, rng) < 1e-7
 
 
+@pytest.mark.parametrize("r,size", [(3, (26, 25)), (5, (9, 8))])
+def test_winograd_tiles_pass_finite_differences(r, size):
+    """F(4x4, 3x3) (outputs of 24 and more) and F(2x2, 5x5) against float64 central
+    differences of the direct sums."""
+    rng = np.random.default_rng(9)
+    x, w = _case(rng, 2, 3, 4, size, (r, r), 1, 1, 1, 1)
+    opts = dict(padding=r // 2)
+    g = _args.conv_geometry(x.shape, w.shape, 1, r // 2, 1, 1, "zeros")
+    assert dispatch.winograd_tile(np.dtype(np.float64), r, g.out_shape) == (4 if r == 3 else 2)
+    rr = rng.standard_normal((2, 4) + g.out_shape)
+
+    def loss_x(xv):
+        return float(np.sum(conv(xv, w, **opts, algorithm="direct") * rr))
+
+    def loss_w(wv):
+        return float(np.sum(conv(x, wv, **opts, algorithm="direct") * rr))
+
+    dx, dw, _ = conv_backward(rr, x, w, **opts, algorithm="winograd")
+    assert directional_check(loss_x, x, dx, rng) < 1e-7
+    assert directional_check(loss_w, w, dw, rng) < 1e-7
+
+
 @pytest.mark.parametrize(
     "c,k,size,r,m",
     [
