@@ -8,8 +8,30 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+import foldconv
+
 MODES = ("zeros", "reflect", "replicate", "circular")
 PAD_FORMS = ("int", "tuple", "pairs", "valid", "same")
+
+
+def torch_pad_list(pads) -> list[int]:
+    """torch's F.pad lists (low, high) last spatial dimension first."""
+    flat: list[int] = []
+    for lo, hi in reversed(list(pads)):
+        flat += [lo, hi]
+    return flat
+
+
+def compiled_and_numpy(fn):
+    """(fn() with foldconv's compiled kernels, fn() with their NumPy twins)."""
+    previous = foldconv.set_compiled(True)
+    try:
+        fast = fn()
+        foldconv.set_compiled(False)
+        plain = fn()
+    finally:
+        foldconv.set_compiled(previous)
+    return fast, plain
 
 
 def same_pad(n: int, k: int, s: int, d: int) -> tuple[int, int]:

@@ -20,7 +20,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import foldconv.functional as fc
-from tests.functional.conv_cases import MODES, PAD_FORMS, dim_ok, dim_pads, draw_geometry, same_pad
+from tests.functional.conv_cases import (
+    MODES,
+    PAD_FORMS,
+    dim_ok,
+    dim_pads,
+    draw_geometry,
+    same_pad,
+    torch_pad_list,
+)
 from tests.gradcheck import rel_err
 
 torch = pytest.importorskip("torch")
@@ -46,14 +54,6 @@ TORCH_MODE = {
 # ----------------------------------------------------------------------------------------
 # Independent helpers: TF 'same' rule, padding normalisation, torch references
 # ----------------------------------------------------------------------------------------
-def torch_pad_list(pads) -> list[int]:
-    """torch's F.pad lists (low, high) last spatial dimension first."""
-    flat: list[int] = []
-    for lo, hi in reversed(list(pads)):
-        flat += [lo, hi]
-    return flat
-
-
 def t64(a, grad: bool = False):
     return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
 

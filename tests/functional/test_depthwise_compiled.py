@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 import foldconv
-from foldconv.functional import _args, conv, conv_backward, depthwise, depthwise_compiled
+from foldconv.functional import (
+    _args,
+    conv,
+    conv_backward,
+    conv_transpose,
+    depthwise,
+    depthwise_compiled,
+)
 from foldconv.functional.padding import apply_pad, pad_adjoint
+from tests.functional.conv_cases import compiled_and_numpy, torch_pad_list
 from tests.gradcheck import directional_check, rel_err
 
 pytest.importorskip("numba")
@@ -32,30 +40,18 @@ def _data(rng, size, kernel, mult, dtype=np.float64, c=5, n=3):
     return x, w
 
 
-def _both(fn):
-    """fn() with the compiled kernels, then with the NumPy path."""
-    previous = foldconv.set_compiled(True)
-    try:
-        fast = fn()
-        foldconv.set_compiled(False)
-        plain = fn()
-    finally:
-        foldconv.set_compiled(previous)
-    return fast, plain
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_compiled_matches_direct_sums_and_the_numpy_path(case):
     size, kernel, stride, dilation, padding, mult = case
     rng = np.random.default_rng(len(size) * 7 + mult)
     x, w = _data(rng, size, kernel, mult)
     opts = dict(stride=stride, dilation=dilation, padding=padding, groups=x.shape[1])
-    y, y_np = _both(lambda: conv(x, w, **opts, algorithm="depthwise"))
+    y, y_np = compiled_and_numpy(lambda: conv(x, w, **opts, algorithm="depthwise"))
     assert rel_err(y, conv(x, w, **opts, algorithm="direct")) <= 1e-12
     # Same additions in the same order as the NumPy path: equal to the last bit.
     assert np.array_equal(y, y_np)
     dy = rng.standard_normal(y.shape)
-    got, got_np = _both(lambda: conv_backward(dy, x, w, **opts, algorithm="depthwise"))
+    got, got_np = compiled_and_numpy(lambda: conv_backward(dy, x, w, **opts, algorithm="depthwise"))
     ref = conv_backward(dy, x, w, **opts, algorithm="direct")
     for a, b, c in zip(got, got_np, ref, strict=True):
         assert rel_err(a, c) <= 1e-12
@@ -76,8 +72,7 @@ def test_compiled_matches_torch(case, dtype, tol):
     wt = torch.tensor(w, requires_grad=True)
     xin = xt
     if pads is not None:  # torch takes no asymmetric padding: pad first
-        flat = [v for lo_hi in reversed(pads) for v in lo_hi]
-        xin = torch.nn.functional.pad(xt, flat)
+        xin = torch.nn.functional.pad(xt, torch_pad_list(pads))
     conv_t = [None, torch.nn.functional.conv1d, torch.nn.functional.conv2d][nd]
     yt = conv_t(xin, wt, padding=0 if pads is not None else padding, **opts)
     dy = rng.standard_normal(tuple(yt.shape))
@@ -113,6 +108,19 @@ def test_kernels_pad_by_themselves_as_on_a_padded_input(case):
     assert rel_err(dx, pad_adjoint(dx_pad, g.in_shape, g.pads, "zeros")) <= 1e-14
     dw = depthwise_compiled.weight_grad(dy, x, g, padded=False)
     assert rel_err(dw, depthwise_compiled.weight_grad(dy, x_pad, g)) <= 1e-14
+
+
+@pytest.mark.parametrize("output_padding", [0, 1])
+def test_transposed_depthwise_takes_the_compiled_input_gradient(output_padding):
+    """conv_transpose is eq. BX applied to x: with zero padding it runs the compiled input
+    gradient on the unpadded geometry, equal to the direct sums and the NumPy twin."""
+    rng = np.random.default_rng(13)
+    x, w = _data(rng, (9, 8), (3, 3), 1, c=6, n=2)
+    opts = dict(stride=2, padding=1, output_padding=output_padding, groups=6)
+    y, y_np = compiled_and_numpy(lambda: conv_transpose(x, w, **opts, algorithm="depthwise"))
+    ref = conv_transpose(x, w, **opts, algorithm="direct")
+    assert rel_err(y, ref) <= 1e-12
+    assert rel_err(y_np, ref) <= 1e-12
 
 
 def test_compiled_passes_finite_differences():

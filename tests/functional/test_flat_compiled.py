@@ -8,6 +8,7 @@ import pytest
 
 import foldconv
 from foldconv.functional import _args, conv_backward, flat, flat_compiled
+from tests.functional.conv_cases import compiled_and_numpy, torch_pad_list
 from tests.gradcheck import rel_err
 
 pytest.importorskip("numba")
@@ -21,17 +22,6 @@ CASES = [  # size, kernel, stride, dilation, padding, groups
 ]
 
 
-def _both(fn):
-    previous = foldconv.set_compiled(True)
-    try:
-        fast = fn()
-        foldconv.set_compiled(False)
-        plain = fn()
-    finally:
-        foldconv.set_compiled(previous)
-    return fast, plain
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES)
 def test_compiled_col2im_is_the_numpy_one_to_the_last_bit(case, dtype):
@@ -42,7 +32,7 @@ def test_compiled_col2im_is_the_numpy_one_to_the_last_bit(case, dtype):
                             dilation, groups, "zeros")  # fmt: skip
     w = rng.standard_normal((o, c // groups) + kernel).astype(dtype)
     dy = rng.standard_normal((3, o) + g.out_shape).astype(dtype)
-    fast, plain = _both(lambda: flat.input_grad(dy, w, g))
+    fast, plain = compiled_and_numpy(lambda: flat.input_grad(dy, w, g))
     assert fast.dtype == dtype
     assert np.array_equal(fast, plain)
 
@@ -66,7 +56,7 @@ def test_compiled_col2im_through_conv_backward_matches_torch_and_direct(case):
     xin = xt
     pads = _args.parse_padding(padding, len(size)) if not isinstance(padding, int) else None
     if pads is not None:
-        xin = torch.nn.functional.pad(xt, [v for lo_hi in reversed(pads) for v in lo_hi])
+        xin = torch.nn.functional.pad(xt, torch_pad_list(pads))
     conv_t = [None, torch.nn.functional.conv1d, torch.nn.functional.conv2d,
               torch.nn.functional.conv3d][len(size)]  # fmt: skip
     yt = conv_t(xin, torch.tensor(w), stride=stride, dilation=dilation, groups=groups,

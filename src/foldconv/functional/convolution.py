@@ -35,7 +35,7 @@ from foldconv.functional._args import (
     conv_transpose_geometry,
     split_batch,
 )
-from foldconv.functional.padding import apply_pad, pad_adjoint
+from foldconv.functional.padding import apply_pad
 
 ALGORITHMS = ("auto", "direct", "im2col", "winograd", "depthwise")
 BACKWARD_ALGORITHMS = ALGORITHMS + ("full_conv",)
@@ -128,9 +128,7 @@ def conv(
     cdt = compute_dtype(xb.dtype)
     xc = xb.astype(cdt, copy=False)
     w = weight.astype(cdt, copy=False)
-    y = dispatch.run_unpadded("forward", algorithm, g, xc, w)
-    if y is None:
-        y = dispatch.run("forward", algorithm, g, apply_pad(xc, g.pads, g.padding_mode), w)
+    y = dispatch.forward_unpadded(algorithm, g, xc, w)
     return _finish(y, bias, xb.dtype, unbatched)
 
 
@@ -174,14 +172,8 @@ def conv_backward(
     xc = xb.astype(cdt, copy=False)
     w = weight.astype(cdt, copy=False)
     dy = dy.astype(cdt, copy=False)
-    dw = dispatch.run_unpadded("weight_grad", algorithm, g, dy, xc)
-    if dw is None:
-        x_pad = apply_pad(xc, g.pads, g.padding_mode)
-        dw = dispatch.run("weight_grad", algorithm, g, dy, x_pad)
-    dx = dispatch.run_unpadded("input_grad", algorithm, g, dy, w)
-    if dx is None:
-        dx_pad = dispatch.run("input_grad", algorithm, g, dy, w)
-        dx = pad_adjoint(dx_pad, g.in_shape, g.pads, g.padding_mode)
+    dw = dispatch.weight_grad_unpadded(algorithm, g, dy, xc)
+    dx = dispatch.input_grad_unpadded(algorithm, g, dy, w)
     db = dy.sum(axis=(0,) + tuple(range(2, 2 + g.ndim)))
     dtype = xb.dtype
     dx = dx.astype(dtype, copy=False)
@@ -229,8 +221,7 @@ def conv_transpose(
     cdt = compute_dtype(xb.dtype)
     dy = xb.astype(cdt, copy=False)
     w = weight.astype(cdt, copy=False)
-    y_pad = dispatch.run("input_grad", algorithm, g, dy, w)
-    y = pad_adjoint(y_pad, g.in_shape, g.pads, "zeros")
+    y = dispatch.input_grad_unpadded(algorithm, g, dy, w)
     return _finish(y, bias, xb.dtype, unbatched)
 
 

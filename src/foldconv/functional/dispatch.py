@@ -33,6 +33,7 @@ from foldconv.functional.direct import (
     conv_input_grad_direct,
     conv_weight_grad_direct,
 )
+from foldconv.functional.padding import apply_pad, pad_adjoint
 
 PASSES = ("forward", "input_grad", "weight_grad")
 
@@ -272,11 +273,9 @@ def select(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str, xp: Any, arg
     return name
 
 
-def run_unpadded(pass_: str, algorithm: str, g: ConvGeometry, *args: Any) -> Any:
+def _pads_itself(pass_: str, algorithm: str, g: ConvGeometry, *args: Any) -> Any:
     """Run one pass on the *unpadded* input where the chosen kernel pads by itself (zero
-    padding, compiled depthwise kernels): forward(x, w), input_grad(dy, w) returning dX
-    (not dX_pad), weight_grad(dy, x). Returns None where that does not apply; the caller
-    then pads and calls :func:`run`."""
+    padding, compiled depthwise kernels); None where that does not apply."""
     if g.padding_mode != "zeros" or (algorithm == "auto" and _benchmark):
         return None
     name = cost_model(pass_, g, args[0].dtype) if algorithm == "auto" else algorithm
@@ -284,8 +283,34 @@ def run_unpadded(pass_: str, algorithm: str, g: ConvGeometry, *args: Any) -> Any
         return None
     if not depthwise_compiled.applies(g, *args):
         return None
-    kernel = getattr(depthwise_compiled, pass_)
-    return kernel(*args, g, padded=False)
+    return getattr(depthwise_compiled, pass_)(*args, g, padded=False)
+
+
+def forward_unpadded(algorithm: str, g: ConvGeometry, x: Any, w: Any) -> Any:
+    """Eq. F from the unpadded input x (N, C_in, *S): padded here unless the kernel
+    pads by itself."""
+    y = _pads_itself("forward", algorithm, g, x, w)
+    if y is None:
+        y = run("forward", algorithm, g, apply_pad(x, g.pads, g.padding_mode), w)
+    return y
+
+
+def input_grad_unpadded(algorithm: str, g: ConvGeometry, dy: Any, w: Any) -> Any:
+    """Eq. BX as the gradient of the unpadded input, dX (N, C_in, *S): the padding's
+    adjoint applied here unless the kernel pads by itself."""
+    dx = _pads_itself("input_grad", algorithm, g, dy, w)
+    if dx is None:
+        dx_pad = run("input_grad", algorithm, g, dy, w)
+        dx = pad_adjoint(dx_pad, g.in_shape, g.pads, g.padding_mode)
+    return dx
+
+
+def weight_grad_unpadded(algorithm: str, g: ConvGeometry, dy: Any, x: Any) -> Any:
+    """Eq. BW from the unpadded input x: padded here unless the kernel pads by itself."""
+    dw = _pads_itself("weight_grad", algorithm, g, dy, x)
+    if dw is None:
+        dw = run("weight_grad", algorithm, g, dy, apply_pad(x, g.pads, g.padding_mode))
+    return dw
 
 
 def run(pass_: str, algorithm: str, g: ConvGeometry, *args: Any) -> Any:
