@@ -208,8 +208,31 @@ def check_weight_rank(weight: Any) -> int:
             f"got shape {tuple(weight.shape)}"
         )
     if any(k <= 0 for k in weight.shape[2:]):
-        raise ValueError(f"weight: expected a positive kernel size, got shape {weight.shape}")
+        raise ValueError(
+            f"weight: expected a positive kernel size, got shape {tuple(weight.shape)}"
+        )
+    if weight.shape[0] == 0:
+        # PyTorch rejects a weight without filters (C_out = 0 for a convolution, C_in = 0
+        # for a transposed one) rather than returning an empty result.
+        raise ValueError(
+            f"weight: expected at least one channel in dimension 0, got shape {tuple(weight.shape)}"
+        )
     return weight.ndim - 2
+
+
+def check_nonempty_input(x_shape: tuple[int, ...], name: str = "x") -> None:
+    """A batch of 0 is valid (an empty result); zero channels or a zero-length spatial
+    dimension are not (PyTorch rejects them too, for a non-empty batch)."""
+    if x_shape[1] == 0:
+        raise ValueError(
+            f"{name}: expected at least one channel (dimension 1 of (N, C, *spatial)), got "
+            f"shape {tuple(x_shape)}"
+        )
+    if x_shape[0] and any(s == 0 for s in x_shape[2:]):
+        raise ValueError(
+            f"{name}: expected non-zero spatial sizes (only the batch may be 0), got shape "
+            f"{tuple(x_shape)}"
+        )
 
 
 def check_groups(groups: Any, in_channels: int, out_channels: int) -> int:
@@ -243,6 +266,7 @@ def conv_geometry(
 ) -> ConvGeometry:
     """Validate a convolution's arguments (x batched) and resolve its shapes."""
     ndim = len(w_shape) - 2
+    check_nonempty_input(x_shape)
     n, c_in, *in_shape = x_shape
     c_out, c_in_per_group, *kernel = w_shape
     g = check_groups(groups, c_in, c_out)
@@ -299,8 +323,14 @@ def conv_transpose_geometry(
     out = (in - 1) * stride - (low + high) + dilation * (k - 1) + output_padding + 1.
     """
     ndim = len(w_shape) - 2
+    check_nonempty_input(x_shape)
     n, c_in, *in_shape = x_shape
     w_in, c_out_per_group, *kernel = w_shape
+    if c_out_per_group == 0:
+        raise ValueError(
+            f"weight: expected at least one output channel per group (dimension 1 of "
+            f"(C_in, C_out/groups, *kernel)), got shape {tuple(w_shape)}"
+        )
     if w_in != c_in:
         raise ValueError(
             f"weight: expected shape (C_in = {c_in}, C_out/groups, *kernel) for an input x with "

@@ -276,7 +276,7 @@ def select(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str, xp: Any, arg
 def _pads_itself(pass_: str, algorithm: str, g: ConvGeometry, *args: Any) -> Any:
     """Run one pass on the *unpadded* input where the chosen kernel pads by itself (zero
     padding, compiled depthwise kernels); None where that does not apply."""
-    if g.padding_mode != "zeros" or (algorithm == "auto" and _benchmark):
+    if g.padding_mode != "zeros" or (algorithm == "auto" and _benchmark) or g.batch == 0:
         return None
     name = cost_model(pass_, g, args[0].dtype) if algorithm == "auto" else algorithm
     if name != "depthwise" or not depthwise.supports(g):
@@ -314,8 +314,25 @@ def weight_grad_unpadded(algorithm: str, g: ConvGeometry, dy: Any, x: Any) -> An
 
 
 def run(pass_: str, algorithm: str, g: ConvGeometry, *args: Any) -> Any:
-    """Run one pass: forward(x_pad, w), input_grad(dy, w) or weight_grad(dy, x_pad)."""
+    """Run one pass: forward(x_pad, w), input_grad(dy, w) or weight_grad(dy, x_pad).
+
+    A batch of 0 has nothing to compute: the output and the input gradient are empty and
+    the weight gradient, a sum over no samples, is zero (as in PyTorch); no kernel runs.
+    """
     xp = get_array_module(*args)
     dtype = args[0].dtype
+    if g.batch == 0:
+        if algorithm != "auto":
+            select(pass_, g, dtype, algorithm, xp, args)  # still rejects what cannot run
+        return xp.zeros(_result_shape(pass_, g), dtype=dtype)
     name = select(pass_, g, dtype, algorithm, xp, args)
     return _KERNELS[pass_][name][1](*args, g)
+
+
+def _result_shape(pass_: str, g: ConvGeometry) -> tuple[int, ...]:
+    """The shape a pass returns: y (N, C_out, *out), dX_pad (N, C_in, *S_pad) or dW."""
+    if pass_ == "forward":
+        return (g.batch, g.out_channels) + g.out_shape
+    if pass_ == "input_grad":
+        return (g.batch, g.in_channels) + g.padded_shape
+    return (g.out_channels, g.in_channels // g.groups) + g.kernel

@@ -239,6 +239,12 @@ def unfold(x: Any, kernel_size: Any, dilation: Any = 1, padding: Any = 0, stride
         )
     unbatched = x.ndim == ndim + 1
     xb = x[None] if unbatched else x
+    if any(s == 0 for s in xb.shape[1:]):
+        # PyTorch's unfold allows only the batch to be empty, whatever the padding.
+        raise ValueError(
+            f"x: expected non-zero channel and spatial sizes (only the batch may be 0), got "
+            f"shape {tuple(x.shape)}"
+        )
     out_shape = _blocks(xb.shape[2:], kernel, dilation, stride, pads, "input")
     xp = get_array_module(xb)
     dtype = x.dtype
@@ -293,6 +299,11 @@ def fold(
     unbatched = cols.ndim == 2
     cb = cols[None] if unbatched else cols
     n, rows, length = cb.shape
+    if rows == 0 or length == 0:
+        raise ValueError(
+            f"cols: expected non-zero C·prod(K) and L (only the batch may be 0), got shape "
+            f"{tuple(cols.shape)}"
+        )
     taps = math.prod(kernel)
     if rows % taps:
         raise ValueError(

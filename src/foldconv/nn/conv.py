@@ -15,6 +15,7 @@ from foldconv.functional._args import (
     parse_padding,
 )
 from foldconv.nn import init
+from foldconv.nn.linear import _check_float_dtype, _on_device
 from foldconv.nn.module import Module, Parameter
 
 
@@ -34,6 +35,7 @@ class _ConvNd(Module):
         bias: bool,
         padding_mode: str,
         output_padding: Any,
+        device: Any,
         dtype: Any,
         rng: np.random.Generator | int | None,
     ) -> None:
@@ -63,9 +65,7 @@ class _ConvNd(Module):
                 f"padding_mode: transposed convolutions support only 'zeros', got {padding_mode!r}"
             )
         self.output_padding = int_tuple(output_padding, nd, "output_padding", minimum=0)
-        dtype = np.dtype(dtype)
-        if dtype.kind != "f":
-            raise TypeError(f"dtype: expected a float dtype, got {dtype}")
+        dtype = _check_float_dtype(dtype)
         if self._transposed:
             shape = (in_channels, out_channels // groups) + self.kernel_size
         else:
@@ -74,16 +74,21 @@ class _ConvNd(Module):
         # fan_in = weight.shape[1]·prod(K) (for transposed layers too).
         gen = init.get_generator(rng)
         bound = init.default_bound(shape[1] * math.prod(self.kernel_size))
-        self.weight = Parameter(init.uniform(shape, bound, gen, dtype))
-        self.bias = Parameter(init.uniform((out_channels,), bound, gen, dtype)) if bias else None
+        self.weight = Parameter(_on_device(init.uniform(shape, bound, gen, dtype), device))
+        self.bias = (
+            Parameter(_on_device(init.uniform((out_channels,), bound, gen, dtype), device))
+            if bias
+            else None
+        )
         self._x = None
+        self._output_padding = self.output_padding  # the one the last forward used
 
     def _options(self) -> dict[str, Any]:
         if self._transposed:
             return dict(
                 stride=self.stride,
                 padding=self.padding,
-                output_padding=self.output_padding,
+                output_padding=self._output_padding,
                 groups=self.groups,
                 dilation=self.dilation,
             )
@@ -98,8 +103,7 @@ class _ConvNd(Module):
     def forward(self, x: Any) -> Any:
         """Shapes: (N, C_in, *S) or (C_in, *S) -> (N, C_out, *out) or (C_out, *out)."""
         b = self.bias.data if self.bias is not None else None
-        fn = F.conv_transpose if self._transposed else F.conv
-        y = fn(x, self.weight.data, b, **self._options())
+        y = F.conv(x, self.weight.data, b, **self._options())
         self._x = x  # a reference, not a copy: backward needs it (in eval mode too)
         return y
 
@@ -150,8 +154,9 @@ class Conv1d(_ConvNd):
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
         *,
-        dtype: Any = np.float32,
         rng: np.random.Generator | int | None = None,
     ) -> None:
         super().__init__(
@@ -165,6 +170,7 @@ class Conv1d(_ConvNd):
             bias,
             padding_mode,
             0,
+            device,
             dtype,
             rng,
         )
@@ -182,11 +188,76 @@ class Conv3d(Conv1d):
     _ndim = 3
 
 
-class ConvTranspose1d(_ConvNd):
+class _ConvTransposeNd(_ConvNd):
+    _transposed = True
+
+    def _output_padding_for(self, x: Any, output_size: Any) -> tuple[int, ...]:
+        """The output_padding that gives ``output_size`` (PyTorch's rule and range check).
+
+        Without output_padding the output is min = (S-1)·stride - (low+high) +
+        dilation·(K-1) + 1; a size in [min, min + stride - 1] is reached by adding
+        output_size - min rows at the high end. ``output_size`` may also carry the batch
+        and channel sizes (as ``y.shape`` would), which are not checked, as in PyTorch.
+        """
+        nd = self._ndim
+        shape = tuple(getattr(x, "shape", ()))
+        if len(shape) not in (nd + 1, nd + 2):
+            return self.output_padding  # F.conv_transpose reports the bad x
+        leading = len(shape) - nd
+        try:
+            sizes = [_as_int(v, "output_size") for v in output_size]
+        except TypeError:
+            raise TypeError(
+                f"output_size: expected a sequence of ints, got {type(output_size).__name__} "
+                f"{output_size!r}"
+            ) from None
+        if len(sizes) == nd + leading:
+            sizes = sizes[leading:]
+        if len(sizes) != nd:
+            raise ValueError(
+                f"output_size: expected {nd} or {nd + leading} ints for a {len(shape)}-d input, "
+                f"got {len(sizes)} ({tuple(output_size)!r})"
+            )
+        lows_highs = self.padding
+        mins = [
+            (s - 1) * st - (lo + hi) + dl * (k - 1) + 1
+            for s, st, (lo, hi), dl, k in zip(
+                shape[leading:],
+                self.stride,
+                lows_highs,
+                self.dilation,
+                self.kernel_size,
+                strict=True,
+            )
+        ]
+        maxs = [m + st - 1 for m, st in zip(mins, self.stride, strict=True)]
+        if any(not lo <= v <= hi for v, lo, hi in zip(sizes, mins, maxs, strict=True)):
+            raise ValueError(
+                f"output_size: expected sizes from {tuple(mins)} to {tuple(maxs)} for an input "
+                f"of spatial size {shape[leading:]}, got {tuple(sizes)}"
+            )
+        return tuple(v - m for v, m in zip(sizes, mins, strict=True))
+
+    def forward(self, x: Any, output_size: Any = None) -> Any:
+        """Shapes: (N, C_in, *S) or (C_in, *S) -> (N, C_out, *out) or (C_out, *out).
+
+        ``output_size`` (optional): the spatial size of the output, or the whole output
+        shape; it picks the output_padding (overriding the layer's) among the sizes a
+        strided convolution maps to the input size S.
+        """
+        b = self.bias.data if self.bias is not None else None
+        self._output_padding = (
+            self.output_padding if output_size is None else self._output_padding_for(x, output_size)
+        )
+        y = F.conv_transpose(x, self.weight.data, b, **self._options())
+        self._x = x
+        return y
+
+
+class ConvTranspose1d(_ConvTransposeNd):
     """1-d transposed convolution layer: weight (C_in, C_out/groups, K), bias (C_out,)."""
 
     _ndim = 1
-    _transposed = True
 
     def __init__(
         self,
@@ -200,8 +271,9 @@ class ConvTranspose1d(_ConvNd):
         bias: bool = True,
         dilation: Any = 1,
         padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
         *,
-        dtype: Any = np.float32,
         rng: np.random.Generator | int | None = None,
     ) -> None:
         super().__init__(
@@ -215,6 +287,7 @@ class ConvTranspose1d(_ConvNd):
             bias,
             padding_mode,
             output_padding,
+            device,
             dtype,
             rng,
         )

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from foldconv.backend import to_device
 from foldconv.functional.linear import flatten, flatten_backward, linear, linear_backward
 from foldconv.nn import init
 from foldconv.nn.activation import _saved
@@ -30,6 +31,9 @@ def _check_count(value: Any, name: str) -> int:
 
 
 def _check_float_dtype(dtype: Any) -> np.dtype:
+    """A parameter dtype: float16/32/64; None is PyTorch's default, float32."""
+    if dtype is None:
+        return np.dtype(np.float32)
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -39,6 +43,18 @@ def _check_float_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
+def _on_device(a: np.ndarray, device: Any) -> Any:
+    """A new parameter's array on ``device``: None or 'cpu' keeps NumPy, 'cuda' or 'cuda:i'
+    moves it to CuPy (as :meth:`Module.to` does; an error naming ``device`` without CuPy)."""
+    if device is None:
+        return a
+    if not isinstance(device, str):
+        raise TypeError(
+            f"device: expected None, 'cpu' or 'cuda', got {type(device).__name__} {device!r}"
+        )
+    return to_device(a, device)
+
+
 class Linear(Module):
     """y = x W^T + b.
 
@@ -46,7 +62,8 @@ class Linear(Module):
     ----------
     in_features, out_features : int
     bias : bool
-    dtype : float dtype of the parameters
+    device : None, 'cpu' or 'cuda' (CuPy) for the parameters
+    dtype : float dtype of the parameters (None: float32)
     rng : numpy.random.Generator, int seed or None (the global generator)
 
     Attributes
@@ -63,8 +80,9 @@ class Linear(Module):
         in_features: int,
         out_features: int,
         bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
         *,
-        dtype: Any = np.float32,
         rng: np.random.Generator | int | None = None,
     ) -> None:
         super().__init__()
@@ -74,10 +92,12 @@ class Linear(Module):
         gen = init.get_generator(rng)
         bound = init.default_bound(self.in_features)
         self.weight = Parameter(
-            init.uniform((self.out_features, self.in_features), bound, gen, dtype=dt)
+            _on_device(init.uniform((self.out_features, self.in_features), bound, gen, dt), device)
         )
         self.bias = (
-            Parameter(init.uniform((self.out_features,), bound, gen, dtype=dt)) if bias else None
+            Parameter(_on_device(init.uniform((self.out_features,), bound, gen, dt), device))
+            if bias
+            else None
         )
         self._x = None
 
