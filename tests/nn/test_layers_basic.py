@@ -437,7 +437,7 @@ def test_cross_entropy_module_matches_torch(torch, smoothing, reduction):
         lt, torch.tensor(target)
     )
     ref.backward(torch.tensor(0.3, dtype=torch.float64))
-    crit = nn.CrossEntropyLoss(reduction, smoothing)
+    crit = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
     assert rel_err(crit(logits, target), ref.detach().numpy()) <= TOL
     assert rel_err(crit.backward(0.3), lt.grad.numpy()) <= TOL
 

@@ -34,6 +34,8 @@ from foldconv.functional.loss import (
     cross_entropy_backward,
     mse_loss,
     mse_loss_backward,
+    nll_loss,
+    nll_loss_backward,
 )
 from foldconv.functional.lrn import local_response_norm, local_response_norm_backward
 from foldconv.functional.normalization import batch_norm, batch_norm_backward, batch_norm_forward
@@ -71,6 +73,8 @@ __all__: list[str] = [
     "log_softmax_backward",
     "mse_loss",
     "mse_loss_backward",
+    "nll_loss",
+    "nll_loss_backward",
     "relu",
     "relu_backward",
     "sigmoid",

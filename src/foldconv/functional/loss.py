@@ -1,11 +1,25 @@
-"""Losses: cross-entropy on logits and mean squared error, with their gradients.
+"""Losses: cross-entropy, negative log-likelihood and mean squared error, with gradients.
 
-A loss is returned as a 0-d array of the input's dtype (``float(loss)`` gives a Python
-float); ``reduction='none'`` returns the per-element losses instead.
+Signatures, argument order and formulas are PyTorch's (``torch.nn.functional``). A loss
+is returned as a 0-d array of the input's dtype (``float(loss)`` gives a Python float);
+``reduction='none'`` returns the per-element losses instead.
+
+Notation for the class losses: the input is flattened to rows i (samples and positions
+d1, ...) and classes c, so that z is (M, C); l = log_softmax(z) along c (cross-entropy)
+or the input itself (NLL), p = exp(l). A class-index target t_i gives the mask
+m_i = [t_i != ignore_index] and the row weight v_i = m_i · w[t_i] (w = 1 without a
+class ``weight``); 'mean' divides by W = Σ_i v_i, the sum of the weights of the rows
+that count (PyTorch's definition), so it is nan when W = 0 (an empty batch, or every
+target ignored), as in PyTorch.
+
+The deprecated ``size_average`` and ``reduce`` are mapped to ``reduction`` as PyTorch
+maps them (both None: ``reduction`` is used; otherwise reduce=False gives 'none',
+size_average=False gives 'sum', else 'mean'), with a DeprecationWarning.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -13,15 +27,40 @@ import numpy as np
 from foldconv.backend import get_array_module
 from foldconv.functional.activation import _as_float_array, _compute_dtype
 
-__all__ = ["cross_entropy", "cross_entropy_backward", "mse_loss", "mse_loss_backward"]
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_backward",
+    "mse_loss",
+    "mse_loss_backward",
+    "nll_loss",
+    "nll_loss_backward",
+]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
 
 def _check_reduction(reduction: Any) -> str:
-    if reduction not in _REDUCTIONS:
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
         raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
     return reduction
+
+
+def _legacy_reduction(size_average: Any, reduce: Any, reduction: Any) -> str:
+    """``reduction``, or what the deprecated size_average / reduce mean (PyTorch's rule)."""
+    if size_average is None and reduce is None:
+        return _check_reduction(reduction)
+    for name, v in (("size_average", size_average), ("reduce", reduce)):
+        if v is not None and not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected a bool or None, got {type(v).__name__} {v!r}")
+    size_average = True if size_average is None else bool(size_average)
+    reduce = True if reduce is None else bool(reduce)
+    mapped = "none" if not reduce else ("mean" if size_average else "sum")
+    warnings.warn(
+        f"size_average and reduce are deprecated (as in PyTorch); use reduction={mapped!r}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return mapped
 
 
 def _check_label_smoothing(label_smoothing: Any) -> float:
@@ -36,229 +75,461 @@ def _check_label_smoothing(label_smoothing: Any) -> float:
     return float(label_smoothing)
 
 
-def _check_ce_args(logits: Any, target: Any) -> tuple[Any, Any]:
-    logits = _as_float_array(logits, "logits")
-    if logits.ndim < 2:
-        raise ValueError(
-            f"logits: expected shape (N, C) or (N, C, d1, ...), got {tuple(logits.shape)}"
+def _check_ignore_index(ignore_index: Any) -> int:
+    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(
+        ignore_index, (int, np.integer)
+    ):
+        raise TypeError(
+            f"ignore_index: expected an int, got {type(ignore_index).__name__} {ignore_index!r}"
         )
+    return int(ignore_index)
+
+
+class _Rows:
+    """A class loss's checked arguments, flattened to rows.
+
+    z : (M, C) input in the compute dtype; t : (M,) int64 class indices (0 where ignored)
+    and m : (M,) bool mask for index targets, or q : (M, C) class probabilities; w : (C,)
+    class weights or None; shape, dtype : the input's; per : the per-row loss shape.
+    """
+
+    __slots__ = ("z", "t", "m", "q", "w", "shape", "dtype", "per", "xp")
+
+
+def _class_rows(
+    input: Any, target: Any, weight: Any, ignore_index: int, *, allow_probs: bool
+) -> _Rows:
+    """Validate (input, target, weight) as PyTorch does and flatten them to rows."""
+    input = _as_float_array(input, "input")
+    if input.ndim < 1:
+        raise ValueError(
+            f"input: expected shape (C,), (N, C) or (N, C, d1, ...), got {tuple(input.shape)}"
+        )
+    xp = get_array_module(input)
+    class_axis = 0 if input.ndim == 1 else 1
+    c = input.shape[class_axis]
+    if c == 0:
+        raise ValueError(f"input: expected at least one class, got shape {tuple(input.shape)}")
     if not (hasattr(target, "dtype") and hasattr(target, "shape")):
         target = np.asarray(target)
-    if np.dtype(target.dtype).kind not in "iu":
-        raise TypeError(
-            f"target: expected integer class indices, got dtype {target.dtype} "
-            "(probability targets are not supported)"
-        )
-    want = (logits.shape[0],) + tuple(logits.shape[2:])
-    if tuple(target.shape) != want:
+    per = tuple(input.shape[:class_axis]) + tuple(input.shape[class_axis + 1 :])
+    r = _Rows()
+    r.shape, r.dtype, r.per, r.xp = tuple(input.shape), input.dtype, per, xp
+    ct = _compute_dtype(input.dtype)
+    # (N, C, d1, ...) -> (M, C): classes last, one row per sample and position.
+    z = input.astype(ct, copy=False)
+    z = z.reshape(1, c) if input.ndim == 1 else xp.moveaxis(z, 1, -1).reshape(-1, c)
+    r.z = z
+    kind = np.dtype(target.dtype).kind
+    if allow_probs and tuple(target.shape) == tuple(input.shape):
+        # PyTorch reads a target of the input's shape as class probabilities.
+        if kind != "f":
+            raise TypeError(
+                f"target: expected a float array of class probabilities (a target of the "
+                f"input's shape {tuple(input.shape)}), got dtype {target.dtype}"
+            )
+        if ignore_index >= 0:
+            raise ValueError(
+                f"ignore_index: not supported with class-probability targets, got {ignore_index}"
+            )
+        q = target.astype(ct, copy=False)
+        r.q = q.reshape(1, c) if input.ndim == 1 else xp.moveaxis(q, 1, -1).reshape(-1, c)
+        r.t = r.m = None
+    else:
+        if kind not in "iu":
+            what = "integer class indices" + (" or class probabilities" if allow_probs else "")
+            raise TypeError(f"target: expected {what}, got dtype {target.dtype}")
+        if tuple(target.shape) != per:
+            raise ValueError(
+                f"target: expected shape {per} for an input of shape {tuple(input.shape)}, got "
+                f"{tuple(target.shape)}"
+            )
+        t = xp.asarray(target).reshape(-1).astype(np.int64, copy=False)
+        m = t != ignore_index
+        if t.size:
+            bad = (t < 0) | (t >= c)
+            bad &= m
+            if bool(bad.any()):
+                value = int(t[xp.argmax(bad)])
+                raise ValueError(
+                    f"target: expected class indices in [0, {c - 1}] (or ignore_index="
+                    f"{ignore_index}), got {value}"
+                )
+        r.t = xp.where(m, t, 0)
+        r.m = m
+        r.q = None
+    if weight is not None:
+        weight = _as_float_array(weight, "weight")
+        if tuple(weight.shape) != (c,):
+            raise ValueError(
+                f"weight: expected shape ({c},) (one per class), got {tuple(weight.shape)}"
+            )
+        weight = weight.astype(ct, copy=False)
+    r.w = weight
+    return r
+
+
+def _row_weights(r: _Rows) -> Any:
+    """v_i = m_i · w[t_i] for index targets (the weights 'mean' divides by)."""
+    v = r.m.astype(r.z.dtype)
+    if r.w is not None:
+        v = v * r.w[r.t]
+    return v
+
+
+def _reduce(losses: Any, r: _Rows, reduction: str, denominator: Any) -> Any:
+    xp = r.xp
+    if reduction == "none":
+        return losses.reshape(r.per).astype(r.dtype, copy=False)
+    total = xp.sum(losses)
+    if reduction == "mean":
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 is nan, as in PyTorch
+            total = total / denominator
+    return xp.asarray(total, dtype=r.dtype)
+
+
+def _row_scale(r: _Rows, reduction: str, grad_output: Any, denominator: Any) -> Any:
+    """g_i, the factor of row i's gradient: dOut/dloss, / denominator for 'mean'."""
+    xp = r.xp
+    go = xp.asarray(grad_output, dtype=r.z.dtype)
+    if reduction == "none":
+        if tuple(go.shape) != r.per:
+            raise ValueError(
+                f"grad_output: expected shape {r.per} (reduction='none'), got {tuple(go.shape)}"
+            )
+        return go.reshape(-1)
+    if go.size != 1:
         raise ValueError(
-            f"target: expected shape {want} for logits of shape {tuple(logits.shape)}, got "
-            f"{tuple(target.shape)}"
+            f"grad_output: expected a scalar for reduction={reduction!r}, got shape "
+            f"{tuple(go.shape)}"
         )
-    c = logits.shape[1]
-    if target.size:
-        lo, hi = int(target.min()), int(target.max())
-        if lo < 0 or hi >= c:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"target: expected class indices in [0, {c - 1}], got {bad}")
-    return logits, target
+    go = go.reshape(())
+    if reduction == "mean":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            go = go / denominator
+    return xp.full(r.z.shape[0], go, dtype=r.z.dtype)
 
 
-def _class_last(logits: Any) -> Any:
-    """(N, C, d1, ...) -> (M, C) with M = N * d1 * ..., classes along axis 1."""
-    xp = get_array_module(logits)
-    if logits.ndim == 2:
-        return logits
-    return xp.moveaxis(logits, 1, -1).reshape(-1, logits.shape[1])
+def _unrows(g: Any, r: _Rows) -> Any:
+    """(M, C) rows back to the input's layout (N, C, d1, ...) and dtype."""
+    xp = r.xp
+    c = r.z.shape[1]
+    if len(r.shape) == 1:
+        g = g.reshape(c)
+    elif len(r.shape) > 2:
+        g = xp.moveaxis(g.reshape((r.shape[0],) + r.shape[2:] + (c,)), -1, 1)
+    return g.astype(r.dtype, copy=False)
 
 
 def _log_softmax_rows(z: Any) -> Any:
     xp = get_array_module(z)
+    if z.shape[0] == 0:
+        return z.copy()
     shifted = z - xp.max(z, axis=1, keepdims=True)
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
 
 
-def _per_sample_shape(logits: Any) -> tuple[int, ...]:
-    return (logits.shape[0],) + tuple(logits.shape[2:])
+# ---------------------------------------------------------------------------------------
+# Cross-entropy
+# ---------------------------------------------------------------------------------------
+def _ce_forward(r: _Rows, logp: Any, reduction: str, eps: float) -> Any:
+    """The cross-entropy from log-probabilities (PyTorch's formulas).
+
+    Index targets: loss_i = (1-e) v_i (-l[i, t_i]) + (e/C) m_i (-Σ_c w_c l[i, c]); 'mean'
+    divides both terms by W = Σ v_i. Probability targets y: q = (1-e) y + e/C,
+    loss_i = -Σ_c w_c q[i, c] l[i, c]; 'mean' divides by the number of rows M.
+    """
+    xp = r.xp
+    c = logp.shape[1]
+    if r.q is not None:
+        q = (1 - eps) * r.q + eps / c if eps > 0 else r.q
+        wq = q * r.w if r.w is not None else q
+        return _reduce(-xp.sum(wq * logp, axis=1), r, reduction, logp.shape[0])
+    v = _row_weights(r)
+    rows = xp.arange(logp.shape[0])
+    losses = -v * logp[rows, r.t]
+    if eps > 0:
+        wl = logp * r.w if r.w is not None else logp
+        smooth = -xp.sum(wl, axis=1) * r.m
+        losses = (1 - eps) * losses + (eps / c) * smooth
+    return _reduce(losses, r, reduction, xp.sum(v))
+
+
+def _ce_backward(r: _Rows, p: Any, reduction: str, eps: float, grad_output: Any) -> Any:
+    """dL/dz from the probabilities p (M, C), in the input's layout.
+
+    Index targets: g_i [(1-e) v_i (p_ij - [j = t_i]) + (e/C) m_i (p_ij Σ_c w_c - w_j)],
+    zero on ignored rows; probability targets: g_i (p_ij Σ_c w_c q_ic - w_j q_ij).
+    g_i is grad_output (/ W or / M for 'mean'; per row for 'none').
+    """
+    xp = r.xp
+    m, c = p.shape
+    if r.q is not None:
+        q = (1 - eps) * r.q + eps / c if eps > 0 else r.q
+        wq = q * r.w if r.w is not None else q
+        g = p * xp.sum(wq, axis=1, keepdims=True) - wq
+        return _unrows(g * _row_scale(r, reduction, grad_output, m)[:, None], r)
+    v = _row_weights(r)
+    rows = xp.arange(m)
+    g = p * v[:, None]
+    g[rows, r.t] -= v
+    if eps > 0:
+        g *= 1 - eps
+        w_sum = xp.sum(r.w) if r.w is not None else c
+        smooth = p * w_sum - (r.w[None, :] if r.w is not None else 1.0)
+        g += (eps / c) * r.m[:, None] * smooth
+    scale = _row_scale(r, reduction, grad_output, xp.sum(v))
+    # Ignored rows get exactly zero, also where 'mean' divides by W = 0 (PyTorch skips them).
+    with np.errstate(invalid="ignore"):
+        g = xp.where(r.m[:, None], g * scale[:, None], 0)
+    return _unrows(g, r)
 
 
 def cross_entropy(
-    logits: Any, target: Any, reduction: str = "mean", label_smoothing: float = 0.0
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    size_average: Any = None,
+    ignore_index: int = -100,
+    reduce: Any = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
 ) -> Any:
-    """Cross-entropy of softmax(logits) against class indices, with label smoothing.
-
-    With log-probabilities l = log_softmax(logits) along axis 1, C classes and smoothing e,
-    each sample's loss is -(1 - e) * l[target] - (e / C) * sum_c l[c] (PyTorch's definition).
+    """Cross-entropy of softmax(input) against class indices or class probabilities.
 
     Parameters
     ----------
-    logits : ndarray, shape (N, C) or (N, C, d1, ...)
-    target : integer ndarray, shape (N,) or (N, d1, ...), values in [0, C)
+    input : ndarray, shape (C,), (N, C) or (N, C, d1, ...)
+        Logits; classes along axis 1 (axis 0 for unbatched (C,) input).
+    target : ndarray
+        Class indices, integers of shape (), (N,) or (N, d1, ...) in [0, C) or equal to
+        ``ignore_index``; or class probabilities, floats of the input's shape.
+    weight : ndarray, shape (C,), optional
+        A weight per class.
+    size_average, reduce : deprecated, mapped to ``reduction`` (see the module docstring)
+    ignore_index : int
+        Index targets equal to it add nothing and do not count in the mean (must be
+        negative with probability targets).
     reduction : {'mean', 'sum', 'none'}
-        'mean' divides by the number of samples N * d1 * ...
+        'mean' divides by W = Σ_i w[t_i] over the rows not ignored (index targets) or by
+        the number of rows N·d1·... (probability targets); nan when that is 0.
     label_smoothing : float in [0, 1]
+        The target is mixed with the uniform distribution: q = (1 - e) target + e / C.
 
     Returns
     -------
     ndarray
-        0-d, dtype of ``logits``, for 'mean' and 'sum'; shape of ``target`` for 'none'.
+        0-d, dtype of ``input``, for 'mean' and 'sum'; shape (N, d1, ...) (or () for
+        unbatched input) for 'none'.
     """
-    reduction = _check_reduction(reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     eps = _check_label_smoothing(label_smoothing)
-    logits, target = _check_ce_args(logits, target)
-    ct = _compute_dtype(logits.dtype)
-    logp = _log_softmax_rows(_class_last(logits).astype(ct, copy=False))
-    return _ce_from_log_probs(logp, target, reduction, eps, logits)
-
-
-def _ce_from_log_probs(logp: Any, target: Any, reduction: str, eps: float, logits: Any) -> Any:
-    """The loss from log-probabilities (M, C), classes along axis 1 (checked arguments)."""
-    xp = get_array_module(logp)
-    t = xp.asarray(target).reshape(-1).astype(np.int64, copy=False)
-    picked = xp.take_along_axis(logp, t[:, None], axis=1)[:, 0]
-    losses = -picked
-    if eps > 0:
-        c = logits.shape[1]
-        losses = (1 - eps) * losses - (eps / c) * xp.sum(logp, axis=1)
-    if reduction == "none":
-        return losses.reshape(_per_sample_shape(logits)).astype(logits.dtype, copy=False)
-    total = xp.sum(losses)
-    if reduction == "mean":
-        total = total / losses.shape[0] if losses.shape[0] else total * xp.nan
-    return xp.asarray(total, dtype=logits.dtype)
-
-
-def _ce_grad_from_probs(
-    probs: Any,
-    target: Any,
-    reduction: str,
-    label_smoothing: float,
-    grad_output: Any,
-    logits_shape: tuple[int, ...],
-    out_dtype: Any,
-) -> Any:
-    """dL/dlogits = (softmax - q) * scale, with q = (1 - e) onehot(target) + e / C.
-
-    ``probs`` is (M, C) with classes along axis 1; ``grad_output`` is a scalar for 'mean'
-    and 'sum' (scaled by 1/M for 'mean') and an array of the per-sample shape for 'none'.
-    """
-    xp = get_array_module(probs)
-    m, c = probs.shape
-    t = xp.asarray(target).reshape(-1).astype(np.int64, copy=False)
-    g = probs.copy()
-    if label_smoothing > 0:
-        g -= label_smoothing / c
-    rows = xp.arange(m)
-    g[rows, t] -= 1 - label_smoothing
-    if reduction == "none":
-        go = xp.asarray(grad_output, dtype=probs.dtype)
-        per = (logits_shape[0],) + tuple(logits_shape[2:])
-        if tuple(go.shape) != per:
-            raise ValueError(
-                f"grad_output: expected shape {per} (reduction='none'), got {tuple(go.shape)}"
-            )
-        g *= go.reshape(-1, 1)
-    else:
-        go = xp.asarray(grad_output, dtype=probs.dtype)
-        if go.size != 1:
-            raise ValueError(
-                f"grad_output: expected a scalar for reduction={reduction!r}, got shape "
-                f"{tuple(go.shape)}"
-            )
-        scale = go.reshape(())
-        if reduction == "mean":
-            scale = scale / m
-        g *= scale
-    if len(logits_shape) > 2:
-        g = xp.moveaxis(g.reshape((logits_shape[0],) + tuple(logits_shape[2:]) + (c,)), -1, 1)
-    return g.astype(out_dtype, copy=False)
+    r = _class_rows(input, target, weight, _check_ignore_index(ignore_index), allow_probs=True)
+    return _ce_forward(r, _log_softmax_rows(r.z), reduction, eps)
 
 
 def cross_entropy_backward(
-    logits: Any,
+    input: Any,
     target: Any,
+    weight: Any = None,
+    size_average: Any = None,
+    ignore_index: int = -100,
+    reduce: Any = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     grad_output: Any = 1.0,
 ) -> Any:
-    """Gradient of :func:`cross_entropy` with respect to the logits.
+    """Gradient of :func:`cross_entropy` with respect to ``input``.
 
-    dL/dz = g * (softmax(z) - q), q = (1 - e) * onehot(target) + e / C, with g =
-    grad_output (divided by the number of samples for 'mean', per sample for 'none').
+    Index targets: dL/dz_ij = g_i [(1-e) v_i (p_ij - [j = t_i]) + (e/C) m_i (p_ij Σ_c w_c
+    - w_j)], zero on ignored rows; probability targets: dL/dz_ij = g_i (p_ij Σ_c w_c q_ic
+    - w_j q_ij), q = (1-e) y + e/C. p = softmax(z), g_i = grad_output (divided by W or
+    by the number of rows for 'mean'; per row for 'none').
 
     Parameters
     ----------
-    logits, target, reduction, label_smoothing
+    input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing
         As given to :func:`cross_entropy`.
     grad_output : float or ndarray
-        dOut/dloss: a scalar, or an array of the target's shape for 'none'.
+        dOut/dloss: a scalar, or an array of the per-row loss shape for 'none'.
 
     Returns
     -------
-    ndarray, shape and dtype of ``logits``
+    ndarray, shape and dtype of ``input``
     """
-    reduction = _check_reduction(reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     eps = _check_label_smoothing(label_smoothing)
-    logits, target = _check_ce_args(logits, target)
-    xp = get_array_module(logits)
-    ct = _compute_dtype(logits.dtype)
-    probs = xp.exp(_log_softmax_rows(_class_last(logits).astype(ct, copy=False)))
-    return _ce_grad_from_probs(
-        probs, target, reduction, eps, grad_output, tuple(logits.shape), logits.dtype
-    )
+    r = _class_rows(input, target, weight, _check_ignore_index(ignore_index), allow_probs=True)
+    p = r.xp.exp(_log_softmax_rows(r.z))
+    return _ce_backward(r, p, reduction, eps, grad_output)
 
 
-def _check_mse_args(input: Any, target: Any) -> tuple[Any, Any]:
+# ---------------------------------------------------------------------------------------
+# Negative log-likelihood
+# ---------------------------------------------------------------------------------------
+def _nll_forward(r: _Rows, reduction: str) -> Any:
+    """loss_i = -v_i x[i, t_i]; 'mean' divides by W = Σ v_i."""
+    v = _row_weights(r)
+    rows = r.xp.arange(r.z.shape[0])
+    return _reduce(-v * r.z[rows, r.t], r, reduction, r.xp.sum(v))
+
+
+def _nll_backward(r: _Rows, reduction: str, grad_output: Any) -> Any:
+    """dL/dx_ij = -g_i v_i [j = t_i]; zero elsewhere and on ignored rows."""
+    xp = r.xp
+    v = _row_weights(r)
+    scale = _row_scale(r, reduction, grad_output, xp.sum(v))
+    rows = xp.arange(r.z.shape[0])
+    g = xp.zeros_like(r.z)
+    with np.errstate(invalid="ignore"):  # inf·0 where W = 0 (PyTorch's nan)
+        picked = -scale * v
+    g[rows, r.t] = xp.where(r.m, picked, 0)
+    return _unrows(g, r)
+
+
+def nll_loss(
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    size_average: Any = None,
+    ignore_index: int = -100,
+    reduce: Any = None,
+    reduction: str = "mean",
+) -> Any:
+    """Negative log-likelihood of log-probabilities ``input`` at class indices ``target``.
+
+    loss_i = -w[t_i] · input[i, t_i] for the rows i with t_i != ignore_index (0 for the
+    others); 'mean' divides the sum by W = Σ w[t_i] over those rows (nan when W = 0).
+
+    Parameters
+    ----------
+    input : ndarray, shape (C,), (N, C) or (N, C, d1, ...)
+        Log-probabilities (e.g. :func:`log_softmax` along the class axis).
+    target : integer ndarray, shape (), (N,) or (N, d1, ...)
+    weight : ndarray, shape (C,), optional
+    size_average, reduce : deprecated, mapped to ``reduction``
+    ignore_index : int
+    reduction : {'mean', 'sum', 'none'}
+
+    Returns
+    -------
+    ndarray
+        0-d for 'mean' and 'sum', the target's shape for 'none'; dtype of ``input``.
+    """
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    r = _class_rows(input, target, weight, _check_ignore_index(ignore_index), allow_probs=False)
+    return _nll_forward(r, reduction)
+
+
+def nll_loss_backward(
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    size_average: Any = None,
+    ignore_index: int = -100,
+    reduce: Any = None,
+    reduction: str = "mean",
+    grad_output: Any = 1.0,
+) -> Any:
+    """Gradient of :func:`nll_loss`: dL/dx_ij = -g_i w[t_i] [j = t_i] on rows not ignored.
+
+    g_i is grad_output (/ W for 'mean'; per row for 'none').
+
+    Returns
+    -------
+    ndarray, shape and dtype of ``input``
+    """
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    r = _class_rows(input, target, weight, _check_ignore_index(ignore_index), allow_probs=False)
+    return _nll_backward(r, reduction, grad_output)
+
+
+# ---------------------------------------------------------------------------------------
+# Mean squared error
+# ---------------------------------------------------------------------------------------
+def _check_mse_args(input: Any, target: Any, weight: Any) -> tuple[Any, Any, Any]:
     input = _as_float_array(input, "input")
     target = _as_float_array(target, "target")
     if tuple(target.shape) != tuple(input.shape):
         raise ValueError(
             f"target: expected the shape of input {tuple(input.shape)}, got {tuple(target.shape)}"
         )
-    return input, target
+    if weight is not None:
+        weight = _as_float_array(weight, "weight")
+        if tuple(weight.shape) != tuple(input.shape):
+            raise ValueError(
+                f"weight: expected the shape of input {tuple(input.shape)}, got "
+                f"{tuple(weight.shape)}"
+            )
+    return input, target, weight
 
 
-def mse_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
-    """Mean squared error: mean (or sum) of (input - target)^2.
+def mse_loss(
+    input: Any,
+    target: Any,
+    size_average: Any = None,
+    reduce: Any = None,
+    reduction: str = "mean",
+    weight: Any = None,
+) -> Any:
+    """Mean squared error: the mean (or sum) of w · (input - target)^2.
 
     Parameters
     ----------
     input, target : ndarray, same shape
+    size_average, reduce : deprecated, mapped to ``reduction``
     reduction : {'mean', 'sum', 'none'}
+        'mean' divides by the number of elements, or by Σ weight when given
+        (PyTorch's rule); nan for an empty input.
+    weight : ndarray, shape of input, optional
 
     Returns
     -------
     ndarray
         0-d of the dtype of ``input`` for 'mean'/'sum', shape of ``input`` for 'none'.
     """
-    reduction = _check_reduction(reduction)
-    input, target = _check_mse_args(input, target)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    input, target, weight = _check_mse_args(input, target, weight)
     xp = get_array_module(input)
     ct = _compute_dtype(input.dtype)
     d = input.astype(ct, copy=False) - target.astype(ct, copy=False)
     sq = d * d
+    if weight is not None:
+        sq = sq * weight.astype(ct, copy=False)
     if reduction == "none":
         return sq.astype(input.dtype, copy=False)
     total = xp.sum(sq)
     if reduction == "mean":
-        total = total / sq.size if sq.size else total * xp.nan
+        denominator = xp.sum(weight.astype(ct, copy=False)) if weight is not None else sq.size
+        with np.errstate(divide="ignore", invalid="ignore"):
+            total = total / denominator
     return xp.asarray(total, dtype=input.dtype)
 
 
 def mse_loss_backward(
-    input: Any, target: Any, reduction: str = "mean", grad_output: Any = 1.0
+    input: Any,
+    target: Any,
+    size_average: Any = None,
+    reduce: Any = None,
+    reduction: str = "mean",
+    weight: Any = None,
+    grad_output: Any = 1.0,
 ) -> Any:
-    """dL/dinput = 2 (input - target) * g, with g = grad_output (/ numel for 'mean').
+    """dL/dinput = 2 w (input - target) · g, g = grad_output (/ numel or Σ w for 'mean').
+
+    The gradient with respect to ``target`` is its negative.
 
     Returns
     -------
     ndarray, shape and dtype of ``input``
     """
-    reduction = _check_reduction(reduction)
-    input, target = _check_mse_args(input, target)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    input, target, weight = _check_mse_args(input, target, weight)
     xp = get_array_module(input)
     ct = _compute_dtype(input.dtype)
     d = input.astype(ct, copy=False) - target.astype(ct, copy=False)
+    if weight is not None:
+        d = d * weight.astype(ct, copy=False)
     go = xp.asarray(grad_output, dtype=ct)
     if reduction == "none":
         if tuple(go.shape) not in ((), tuple(input.shape)):
@@ -274,5 +545,7 @@ def mse_loss_backward(
     else:
         go = go.reshape(())
         if reduction == "mean":
-            go = go / max(d.size, 1)
+            denominator = xp.sum(weight.astype(ct, copy=False)) if weight is not None else d.size
+            with np.errstate(divide="ignore", invalid="ignore"):
+                go = go / denominator
     return (2 * d * go).astype(input.dtype, copy=False)

@@ -13,7 +13,7 @@ from foldconv.nn.conv import (
 from foldconv.nn.dropout import Dropout
 from foldconv.nn.init import manual_seed
 from foldconv.nn.linear import Flatten, Linear
-from foldconv.nn.loss import CrossEntropyLoss, MSELoss
+from foldconv.nn.loss import CrossEntropyLoss, MSELoss, NLLLoss
 from foldconv.nn.lrn import LocalResponseNorm
 from foldconv.nn.module import Module, Parameter, Sequential
 from foldconv.nn.normalization import BatchNorm1d, BatchNorm2d
@@ -30,6 +30,7 @@ __all__ = [
     "Linear",
     "LogSoftmax",
     "MSELoss",
+    "NLLLoss",
     "ReLU",
     "Residual",
     "Sigmoid",
