@@ -356,6 +356,8 @@ def softmax(x: Any, dim: int) -> Any:
     xc = _to_compute(x)
     if xc.ndim == 0:
         return xp.ones_like(x)
+    if xc.size == 0:  # an empty batch (or axis): nothing to normalise, as in PyTorch
+        return xp.empty_like(x)
     e = xp.exp(xc - xp.max(xc, axis=dim, keepdims=True))
     return (e / xp.sum(e, axis=dim, keepdims=True)).astype(x.dtype, copy=False)
 
@@ -388,6 +390,8 @@ def log_softmax(x: Any, dim: int) -> Any:
     xc = _to_compute(x)
     if xc.ndim == 0:
         return xp.zeros_like(x)
+    if xc.size == 0:
+        return xp.empty_like(x)
     shifted = xc - xp.max(xc, axis=dim, keepdims=True)
     lse = xp.log(xp.sum(xp.exp(shifted), axis=dim, keepdims=True))
     return (shifted - lse).astype(x.dtype, copy=False)

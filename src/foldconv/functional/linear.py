@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -87,8 +88,10 @@ def linear_backward(
     g = grad_output.astype(ct, copy=False)
     w = weight.astype(ct, copy=False)
     dx = (g @ w).astype(x.dtype, copy=False)
-    g2 = g.reshape(-1, out_features)
-    x2 = x.astype(ct, copy=False).reshape(-1, in_features)
+    # Rows counted explicitly: reshape(-1, k) cannot infer them when k or the batch is 0.
+    rows = math.prod(x.shape[:-1])
+    g2 = g.reshape(rows, out_features)
+    x2 = x.astype(ct, copy=False).reshape(rows, in_features)
     dweight = (g2.T @ x2).astype(weight.dtype, copy=False)
     dbias = g2.sum(axis=0).astype(weight.dtype, copy=False) if need_bias_grad else None
     return dx, dweight, dbias

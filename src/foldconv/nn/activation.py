@@ -7,6 +7,7 @@ derivative is a function of the input) and applies the matching
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from foldconv.functional import activation as F
@@ -21,6 +22,18 @@ def _saved(module: Module, attr: str) -> Any:
     if value is None:
         raise RuntimeError(f"{type(module).__name__}: backward() called before forward()")
     return value
+
+
+def _implicit_dim(name: str, x: Any) -> int:
+    """PyTorch's legacy choice for ``dim=None``: axis 0 for 0-d, 1-d and 3-d input (taken
+    as unbatched), else axis 1; deprecated there, so it warns here too."""
+    ndim = len(getattr(x, "shape", ()))
+    warnings.warn(
+        f"{name}: implicit dim is deprecated (as in PyTorch); pass dim explicitly",
+        UserWarning,
+        stacklevel=3,
+    )
+    return 0 if ndim in (0, 1, 3) else 1
 
 
 def _into(x: Any, y: Any) -> Any:
@@ -161,25 +174,28 @@ class Softmax(Module):
 
     Parameters
     ----------
-    dim : int
-        The axis whose entries sum to one.
+    dim : int or None
+        The axis whose entries sum to one; None picks PyTorch's legacy default (axis 0
+        for 0-d, 1-d and 3-d input, else 1) with a warning.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int | None = None) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise TypeError(f"dim: expected an int, got {type(dim).__name__}")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+            raise TypeError(f"dim: expected an int or None, got {type(dim).__name__}")
         self.dim = dim
+        self._dim = dim  # the axis the last forward used
         self._y = None
 
     def forward(self, x: Any) -> Any:
         """x: (*) -> y: (*), same dtype."""
-        self._y = F.softmax(x, self.dim)
+        self._dim = _implicit_dim("Softmax", x) if self.dim is None else self.dim
+        self._y = F.softmax(x, self._dim)
         return self._y
 
     def backward(self, grad_output: Any) -> Any:
         """dx = y * (dy - sum(dy * y, dim))."""
-        return F.softmax_backward(grad_output, _saved(self, "_y"), self.dim)
+        return F.softmax_backward(grad_output, _saved(self, "_y"), self._dim)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
@@ -190,24 +206,27 @@ class LogSoftmax(Module):
 
     Parameters
     ----------
-    dim : int
+    dim : int or None
+        As for :class:`Softmax`.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int | None = None) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise TypeError(f"dim: expected an int, got {type(dim).__name__}")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+            raise TypeError(f"dim: expected an int or None, got {type(dim).__name__}")
         self.dim = dim
+        self._dim = dim  # the axis the last forward used
         self._y = None
 
     def forward(self, x: Any) -> Any:
         """x: (*) -> y: (*), same dtype."""
-        self._y = F.log_softmax(x, self.dim)
+        self._dim = _implicit_dim("LogSoftmax", x) if self.dim is None else self.dim
+        self._y = F.log_softmax(x, self._dim)
         return self._y
 
     def backward(self, grad_output: Any) -> Any:
         """dx = dy - exp(y) * sum(dy, dim)."""
-        return F.log_softmax_backward(grad_output, _saved(self, "_y"), self.dim)
+        return F.log_softmax_backward(grad_output, _saved(self, "_y"), self._dim)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
