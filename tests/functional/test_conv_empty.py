@@ -22,6 +22,7 @@ from foldconv.functional import (
     conv_backward,
     conv_transpose,
     conv_transpose_backward,
+    dispatch,
     fold,
     unfold,
 )
@@ -248,3 +249,18 @@ def test_conv_layers_take_an_empty_batch(torch, name, nd, mode):
 
 def test_compiled_setting_is_restored():
     assert isinstance(foldconv.set_compiled(foldconv.get_compiled()), bool)
+
+
+def test_an_empty_batch_under_the_autotuner_runs_no_kernel():
+    previous = foldconv.set_benchmark(True)
+    dispatch.clear_benchmark_cache()
+    try:
+        x, w = np.zeros((0, 4, 6, 6)), np.ones((8, 4, 3, 3))
+        y = conv(x, w, padding=1)
+        dx, dw, db = conv_backward(np.ones_like(y), x, w, padding=1)
+        assert y.shape == (0, 8, 6, 6) and dx.shape == x.shape
+        np.testing.assert_array_equal(dw, 0.0)
+        assert dispatch.tuned_algorithms() == {}  # nothing timed for a batch of 0
+    finally:
+        foldconv.set_benchmark(previous)
+        dispatch.clear_benchmark_cache()
