@@ -27,7 +27,15 @@ from foldconv.functional.convolution import (
     conv_transpose,
     conv_transpose_backward,
 )
-from foldconv.functional.dropout import dropout, dropout_backward, dropout_mask
+from foldconv.functional.dropout import (
+    channel_dropout_backward,
+    dropout,
+    dropout1d,
+    dropout2d,
+    dropout3d,
+    dropout_backward,
+    dropout_mask,
+)
 from foldconv.functional.linear import flatten, flatten_backward, linear, linear_backward
 from foldconv.functional.loss import (
     cross_entropy,
@@ -98,4 +106,8 @@ __all__: list[str] = [
     "local_response_norm_backward",
     "max_pool",
     "max_pool_backward",
+    "channel_dropout_backward",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
 ]

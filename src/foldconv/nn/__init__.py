@@ -10,7 +10,7 @@ from foldconv.nn.conv import (
     ConvTranspose2d,
     ConvTranspose3d,
 )
-from foldconv.nn.dropout import Dropout
+from foldconv.nn.dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from foldconv.nn.init import manual_seed
 from foldconv.nn.linear import Flatten, Linear
 from foldconv.nn.loss import CrossEntropyLoss, MSELoss
@@ -83,4 +83,7 @@ __all__ = [
     "ZeroPad1d",
     "ZeroPad2d",
     "ZeroPad3d",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
 ]
