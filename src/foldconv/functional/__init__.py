@@ -54,6 +54,12 @@ from foldconv.functional.pooling import (
     max_pool,
     max_pool_backward,
 )
+from foldconv.functional.shuffle import (
+    pixel_shuffle,
+    pixel_shuffle_backward,
+    pixel_unshuffle,
+    pixel_unshuffle_backward,
+)
 from foldconv.functional.unfold import fold, unfold
 
 __all__: list[str] = [
@@ -110,4 +116,8 @@ __all__: list[str] = [
     "dropout1d",
     "dropout2d",
     "dropout3d",
+    "pixel_shuffle",
+    "pixel_shuffle_backward",
+    "pixel_unshuffle",
+    "pixel_unshuffle_backward",
 ]

@@ -11,6 +11,7 @@ from foldconv.nn.conv import (
     ConvTranspose3d,
 )
 from foldconv.nn.dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
+from foldconv.nn.identity import Identity
 from foldconv.nn.init import manual_seed
 from foldconv.nn.linear import Flatten, Linear
 from foldconv.nn.loss import CrossEntropyLoss, MSELoss
@@ -34,6 +35,7 @@ from foldconv.nn.padding import (
     ZeroPad2d,
     ZeroPad3d,
 )
+from foldconv.nn.pixel_shuffle import PixelShuffle, PixelUnshuffle
 from foldconv.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool1d, MaxPool2d, MaxPool3d
 
 __all__ = [
@@ -86,4 +88,7 @@ __all__ = [
     "Dropout1d",
     "Dropout2d",
     "Dropout3d",
+    "Identity",
+    "PixelShuffle",
+    "PixelUnshuffle",
 ]
