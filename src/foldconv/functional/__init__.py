@@ -54,6 +54,7 @@ from foldconv.functional.pooling import (
     max_pool,
     max_pool_backward,
 )
+from foldconv.functional.resample import interpolate, interpolate_backward
 from foldconv.functional.shuffle import (
     pixel_shuffle,
     pixel_shuffle_backward,
@@ -120,4 +121,6 @@ __all__: list[str] = [
     "pixel_shuffle_backward",
     "pixel_unshuffle",
     "pixel_unshuffle_backward",
+    "interpolate",
+    "interpolate_backward",
 ]

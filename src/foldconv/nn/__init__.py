@@ -37,6 +37,7 @@ from foldconv.nn.padding import (
 )
 from foldconv.nn.pixel_shuffle import PixelShuffle, PixelUnshuffle
 from foldconv.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool1d, MaxPool2d, MaxPool3d
+from foldconv.nn.upsample import Upsample, UpsamplingBilinear2d, UpsamplingNearest2d
 
 __all__ = [
     "BatchNorm1d",
@@ -91,4 +92,7 @@ __all__ = [
     "Identity",
     "PixelShuffle",
     "PixelUnshuffle",
+    "Upsample",
+    "UpsamplingBilinear2d",
+    "UpsamplingNearest2d",
 ]
