@@ -12,7 +12,17 @@ from foldconv.functional.threads import get_num_threads, set_num_threads
 __version__ = "0.1.0"
 
 
+# Subpackages reachable as attributes (``foldconv.nn`` after ``import foldconv``, as
+# ``torch.nn`` after ``import torch``), imported on first access so that ``import foldconv``
+# stays fast.
+_SUBMODULES = ("data", "functional", "models", "nn", "optim")
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib  # noqa: PLC0415
+
+        return importlib.import_module(f"foldconv.{name}")
     # The trainer pulls in tqdm, matplotlib and safetensors: import it on first use only.
     if name in ("train", "evaluate", "predict"):
         from foldconv import trainer
@@ -21,8 +31,17 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'foldconv' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "__version__",
+    "data",
+    "functional",
+    "models",
+    "nn",
+    "optim",
     "evaluate",
     "get_benchmark",
     "get_compiled",

@@ -833,10 +833,10 @@ def test_keyword_arguments_are_accepted():
         fc.fold(cols=cols, output_size=(5, 5), kernel_size=3, dilation=1, padding=1, stride=1).shape
         == x.shape
     )
-    p = fc.pad(x=x, padding=((1, 1), (1, 1)), mode="zeros")
+    p = fc.pad(input=x, pad=((1, 1), (1, 1)), mode="zeros")
     assert (
         fc.pad_backward(
-            grad_output=p, input_shape=x.shape, padding=((1, 1), (1, 1)), mode="zeros"
+            grad_output=p, input_shape=x.shape, pad=((1, 1), (1, 1)), mode="zeros"
         ).shape
         == x.shape
     )

@@ -27,7 +27,15 @@ from foldconv.functional.convolution import (
     conv_transpose,
     conv_transpose_backward,
 )
-from foldconv.functional.dropout import dropout, dropout_backward, dropout_mask
+from foldconv.functional.dropout import (
+    channel_dropout_backward,
+    dropout,
+    dropout1d,
+    dropout2d,
+    dropout3d,
+    dropout_backward,
+    dropout_mask,
+)
 from foldconv.functional.linear import flatten, flatten_backward, linear, linear_backward
 from foldconv.functional.loss import (
     cross_entropy,
@@ -47,6 +55,13 @@ from foldconv.functional.pooling import (
     avg_pool2d_backward,
     max_pool,
     max_pool_backward,
+)
+from foldconv.functional.resample import interpolate, interpolate_backward
+from foldconv.functional.shuffle import (
+    pixel_shuffle,
+    pixel_shuffle_backward,
+    pixel_unshuffle,
+    pixel_unshuffle_backward,
 )
 from foldconv.functional.unfold import fold, unfold
 
@@ -102,4 +117,14 @@ __all__: list[str] = [
     "local_response_norm_backward",
     "max_pool",
     "max_pool_backward",
+    "channel_dropout_backward",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "pixel_shuffle",
+    "pixel_shuffle_backward",
+    "pixel_unshuffle",
+    "pixel_unshuffle_backward",
+    "interpolate",
+    "interpolate_backward",
 ]

@@ -10,14 +10,34 @@ from foldconv.nn.conv import (
     ConvTranspose2d,
     ConvTranspose3d,
 )
-from foldconv.nn.dropout import Dropout
+from foldconv.nn.dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
+from foldconv.nn.identity import Identity
 from foldconv.nn.init import manual_seed
 from foldconv.nn.linear import Flatten, Linear
 from foldconv.nn.loss import CrossEntropyLoss, MSELoss, NLLLoss
 from foldconv.nn.lrn import LocalResponseNorm
 from foldconv.nn.module import Module, Parameter, Sequential
 from foldconv.nn.normalization import BatchNorm1d, BatchNorm2d
+from foldconv.nn.padding import (
+    CircularPad1d,
+    CircularPad2d,
+    CircularPad3d,
+    ConstantPad1d,
+    ConstantPad2d,
+    ConstantPad3d,
+    ReflectionPad1d,
+    ReflectionPad2d,
+    ReflectionPad3d,
+    ReplicationPad1d,
+    ReplicationPad2d,
+    ReplicationPad3d,
+    ZeroPad1d,
+    ZeroPad2d,
+    ZeroPad3d,
+)
+from foldconv.nn.pixel_shuffle import PixelShuffle, PixelUnshuffle
 from foldconv.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool1d, MaxPool2d, MaxPool3d
+from foldconv.nn.upsample import Upsample, UpsamplingBilinear2d, UpsamplingNearest2d
 
 __all__ = [
     "BatchNorm1d",
@@ -52,4 +72,28 @@ __all__ = [
     "MaxPool1d",
     "MaxPool2d",
     "MaxPool3d",
+    "CircularPad1d",
+    "CircularPad2d",
+    "CircularPad3d",
+    "ConstantPad1d",
+    "ConstantPad2d",
+    "ConstantPad3d",
+    "ReflectionPad1d",
+    "ReflectionPad2d",
+    "ReflectionPad3d",
+    "ReplicationPad1d",
+    "ReplicationPad2d",
+    "ReplicationPad3d",
+    "ZeroPad1d",
+    "ZeroPad2d",
+    "ZeroPad3d",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "Identity",
+    "PixelShuffle",
+    "PixelUnshuffle",
+    "Upsample",
+    "UpsamplingBilinear2d",
+    "UpsamplingNearest2d",
 ]

@@ -6,11 +6,19 @@ from typing import Any
 
 import numpy as np
 
-from foldconv.functional.dropout import _check_p, dropout, dropout_backward
+from foldconv.functional.dropout import (
+    _check_p,
+    channel_dropout_backward,
+    dropout,
+    dropout1d,
+    dropout2d,
+    dropout3d,
+    dropout_backward,
+)
 from foldconv.nn.init import get_generator
 from foldconv.nn.module import Module
 
-__all__ = ["Dropout"]
+__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d"]
 
 
 class Dropout(Module):
@@ -61,3 +69,81 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}" + (", inplace=True" if self.inplace else "")
+
+
+class _DropoutNd(Module):
+    """Channel dropout: each channel of each sample is zeroed with probability ``p``."""
+
+    _function: Any = None
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        rng: np.random.Generator | int | None = None,
+    ) -> None:
+        super().__init__()
+        self.p = _check_p(p)
+        self.inplace = bool(inplace)
+        self._rng = None if rng is None else get_generator(rng)
+        self._mask = None
+        self._forward_called = False
+
+    def forward(self, x: Any) -> Any:
+        """x -> y of the same shape and dtype; the per-channel mask is kept for backward."""
+        y, mask = type(self)._function(x, self.p, self.training, self.inplace, rng=self._rng)
+        self._mask = mask
+        self._forward_called = True
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        """dx = dy * mask, the forward's per-channel scaled mask (dy itself in eval)."""
+        if not self._forward_called:
+            raise RuntimeError(f"{type(self).__name__}: backward() called before forward()")
+        return channel_dropout_backward(grad_output, self._mask)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
+
+
+class Dropout1d(_DropoutNd):
+    """Zero whole channels of (N, C, L) or (C, L) input, as ``torch.nn.Dropout1d``.
+
+    Kept channels are scaled by 1/(1-p); the identity in eval mode.
+
+    Parameters
+    ----------
+    p : float in [0, 1]
+    inplace : bool
+    rng : numpy.random.Generator, int seed or None
+        As for :class:`Dropout`.
+    """
+
+    _function = staticmethod(dropout1d)
+
+
+class Dropout2d(_DropoutNd):
+    """Zero whole channels of (N, C, H, W) input, as ``torch.nn.Dropout2d``.
+
+    A 3D input is read as (N, C, L), with a warning, as torch does.
+
+    Parameters
+    ----------
+    p, inplace, rng
+        As for :class:`Dropout1d`.
+    """
+
+    _function = staticmethod(dropout2d)
+
+
+class Dropout3d(_DropoutNd):
+    """Zero whole channels of (N, C, D, H, W) or (C, D, H, W) input, as ``torch.nn.Dropout3d``.
+
+    Parameters
+    ----------
+    p, inplace, rng
+        As for :class:`Dropout1d`.
+    """
+
+    _function = staticmethod(dropout3d)
