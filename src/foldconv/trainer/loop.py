@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from foldconv.backend import to_device
+from foldconv.backend import get_array_module, to_device
 from foldconv.nn.module import Module
 from foldconv.trainer.checkpoints import (
     _resolve_checkpoint,
@@ -79,16 +79,21 @@ class TrainingInterrupted(KeyboardInterrupt):
 # --------------------------------------------------------------------------------------------
 class _Interrupts:
     """SIGINT handling that never lands inside an update: during a critical section a
-    Ctrl-C is remembered and raised as KeyboardInterrupt when the section ends."""
+    Ctrl-C is remembered and raised as KeyboardInterrupt when the section ends.
 
-    def __init__(self) -> None:
+    ``deferred`` (distributed runs): a Ctrl-C is only remembered; the ranks agree on it at
+    the next step, so that all stop at the same step boundary.
+    """
+
+    def __init__(self, deferred: bool = False) -> None:
+        self.deferred = deferred
         self.critical = False
         self.pending = False
         self._old: Any = None
         self._installed = False
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.critical:
+        if self.critical or self.deferred:
             self.pending = True
             return
         raise KeyboardInterrupt
@@ -113,7 +118,7 @@ class _Interrupts:
             yield
         finally:
             self.critical = False
-        if self.pending:
+        if self.pending and not self.deferred:
             self.pending = False
             raise KeyboardInterrupt
 
@@ -140,6 +145,8 @@ def train(
     download: bool = False,
     verbose: bool = True,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    distributed: bool = False,
+    sync_batchnorm: bool = False,
 ) -> dict[str, Any]:
     """Train a classifier and write metrics, checkpoints and plots into ``out``.
 
@@ -185,6 +192,15 @@ def train(
     on_step : callable, optional
         Called after every optimizer step with ``{'epoch', 'step', 'batch', 'loss',
         'accuracy', 'lr'}`` (epoch and step 1-based).
+    distributed : bool
+        Synchronous data-parallel training over the processes of the MPI job this process
+        belongs to (start it with ``mpiexec -n N``; needs mpi4py: ``pip install
+        "foldconv[mpi]"``). ``batch_size`` is the global batch and must be a multiple of
+        N; each rank takes 1/N of every batch. Only rank 0 writes files and prints. See
+        :mod:`foldconv.trainer.distributed`.
+    sync_batchnorm : bool
+        With ``distributed``: BatchNorm layers use the statistics of the global batch
+        (forward and backward), as ``torch.nn.SyncBatchNorm``; default: each rank's own.
 
     Returns
     -------
@@ -201,31 +217,70 @@ def train(
     TrainingInterrupted
         On Ctrl-C, after saving ``last.safetensors``.
     """
-    run = _Run(
-        model=model,
-        dataset=dataset,
-        data_dir=data_dir,
-        overrides=dict(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            seed=seed,
-            augment=augment,
-            label_smoothing=label_smoothing,
-        ),
-        device=device,
-        out=out,
-        resume=resume,
-        progress=progress,
-        download=download,
-        verbose=verbose,
-        on_step=on_step,
-    )
-    return run.run()
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed: expected a bool, got {type(distributed).__name__}")
+    if sync_batchnorm and not distributed:
+        raise ValueError(
+            "sync_batchnorm: only applies with distributed=True, got sync_batchnorm=True"
+        )
+
+    def build(dist: Any = None) -> _Run:
+        return _Run(
+            model=model,
+            dataset=dataset,
+            data_dir=data_dir,
+            overrides=dict(
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                seed=seed,
+                augment=augment,
+                label_smoothing=label_smoothing,
+            ),
+            device=device,
+            out=out,
+            resume=resume,
+            progress=progress,
+            download=download,
+            verbose=verbose,
+            on_step=on_step,
+            dist=dist,
+            sync_batchnorm=bool(sync_batchnorm),
+        )
+
+    if not distributed:
+        return build().run()
+    return _train_distributed(build, device)
+
+
+def _train_distributed(build: Callable[[Any], _Run], device: Any) -> dict[str, Any]:
+    """Set up on every rank, agree that it worked, then train; an error on a rank past
+    set-up aborts the job with a message naming the rank (never a hang)."""
+    from foldconv.trainer import distributed as D  # noqa: PLC0415
+
+    dist = D.init_distributed(device if isinstance(device, str) else "cpu")
+    watcher = D.Watcher(dist.rank, dist.size)
+    try:
+        run = D.agree(dist, lambda: build(dist))
+    except BaseException:
+        watcher.release()
+        raise
+    try:
+        run.join()
+        summary = run.run()
+    except (TrainingDiverged, TrainingInterrupted):
+        # Decided on values every rank shares: every rank raises the same.
+        watcher.release()
+        raise
+    except BaseException as e:
+        D.fail(dist, watcher, e)
+        raise
+    watcher.release()
+    return summary
 
 
 class _Run:
@@ -245,7 +300,14 @@ class _Run:
         download: bool,
         verbose: bool,
         on_step: Callable[[dict[str, Any]], None] | None,
+        dist: Any = None,
+        sync_batchnorm: bool = False,
     ) -> None:
+        self.dist = dist  # a distributed.Communicator, or None for one process
+        self.rank = 0 if dist is None else dist.rank
+        self.world = 1 if dist is None else dist.size
+        self.is_root = self.rank == 0
+        self.sync_batchnorm = sync_batchnorm
         self.device = _check_device(device)
         self.progress = bool(progress)
         self.verbose = bool(verbose)
@@ -261,12 +323,18 @@ class _Run:
             resume_weights, resume_info = read_checkpoint(self.resume_path)
         self.cfg, model_name = resolve_config(model, dataset, data_dir, overrides, resume_info)
         self.cfg["device"] = self.device
+        if self.cfg["batch_size"] % self.world:
+            raise ValueError(
+                f"batch_size: expected a multiple of the {self.world} processes (it is the "
+                f"global batch; each process takes batch_size / {self.world}), got "
+                f"{self.cfg['batch_size']}"
+            )
         self._load_data(dataset, download)
         self._build_model(model, model_name, resume_info)
         self._build_loaders(resume_info)
         self._build_optimisation()
         self._start_position(resume_weights, resume_info, out)
-        self.interrupts = _Interrupts()
+        self.interrupts = _Interrupts(deferred=dist is not None)
 
     # -- set-up, in the constructor's order ---------------------------------------------------
     def _load_data(self, dataset: Any, download: bool) -> None:
@@ -336,8 +404,13 @@ class _Run:
             seed=cfg["seed"],
             transform=self.train_tf,
         )
+        test_ds = self.test_ds
+        if self.dist is not None:  # each rank evaluates every world-th test image
+            from foldconv.trainer.distributed import ShardDataset  # noqa: PLC0415
+
+            test_ds = ShardDataset(test_ds, self.rank, self.world)
         self.test_loader = DataLoader(
-            self.test_ds,
+            test_ds,
             batch_size=max(256, cfg["batch_size"]),
             shuffle=False,
             transform=self.eval_tf,
@@ -385,11 +458,29 @@ class _Run:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             default_out = Path("runs") / f"{self.cfg['model']}-{self.cfg['dataset']}-{stamp}"
         self.out = Path(out) if out is not None else default_out
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.is_root:  # distributed: rank 0's directory, see join()
+            self.out.mkdir(parents=True, exist_ok=True)
         self.cfg["out"] = str(self.out)
         self.last_test_acc: float | None = (
             self.history[-1]["test_accuracy"] if self.history else None
         )
+
+    def join(self) -> None:
+        """Distributed, once every rank is set up: rank 0's output directory, parameters
+        and buffers on every rank; BatchNorm synchronised if asked; the gradient buckets."""
+        from foldconv.trainer import distributed as D  # noqa: PLC0415
+
+        d = self.dist
+        self.out = Path(d.bcast(str(self.out)))
+        self.cfg["out"] = str(self.out)
+        d.bcast_arrays([p.data for p in self.params] + self._buffers())
+        self._unsync_bn = D.convert_sync_batchnorm(self.model, d) if self.sync_batchnorm else None
+        self.buckets = D.GradientBuckets(self.params, d)
+
+    def _buffers(self) -> list[Any]:
+        return [
+            b for _, m in self.model.named_modules() for b in m._buffers.values() if b is not None
+        ]
 
     # -- resume -----------------------------------------------------------------------------
     def _restore(self, weights: Mapping[str, np.ndarray], info: Mapping[str, Any]) -> None:
@@ -470,6 +561,7 @@ class _Run:
                 self.train_images / self.train_seconds if self.train_seconds > 0 else None
             ),
             "num_parameters": int(sum(p.size for p in self.params)),
+            "processes": self.world,
             "out": str(self.out),
             "checkpoints": {
                 tag: str(self.out / f"{tag}.safetensors")
@@ -485,6 +577,8 @@ class _Run:
 
     def _finish_files(self, status: str, message: str | None = None) -> dict[str, Any]:
         summary = self._summary(status, message)
+        if not self.is_root:
+            return summary
         _write_json(self.out / "summary.json", summary)
         try:
             write_plots(self.out, self.history, self.model)
@@ -501,6 +595,8 @@ class _Run:
             return self._loop()
         finally:
             self.interrupts.uninstall()
+            if getattr(self, "_unsync_bn", None) is not None:
+                self._unsync_bn()
 
     def _snapshot(self) -> tuple[dict[str, Any], list[tuple[Module, str, Any]]]:
         rng = _rng_states(self.model)
@@ -522,7 +618,7 @@ class _Run:
         from tqdm.auto import tqdm  # noqa: PLC0415
 
         cfg = self.cfg
-        model, opt, crit = self.model, self.optimizer, self.criterion
+        model, opt = self.model, self.optimizer
         n_batches = len(self.train_loader)
         snap = None
         bar = None
@@ -535,7 +631,7 @@ class _Run:
                     initial=self.batch,
                     desc=f"epoch {e + 1}/{cfg['epochs']}",
                     unit="batch",
-                    disable=not self.progress,
+                    disable=not (self.progress and self.is_root),
                     leave=False,
                     dynamic_ncols=True,
                 )
@@ -549,16 +645,7 @@ class _Run:
                     except StopIteration:
                         break
                     snap = self._snapshot()
-                    xd = to_device(x, self.device) if self.device != "cpu" else x
-                    yd = to_device(y, self.device) if self.device != "cpu" else y
-                    logits = model(xd)
-                    loss = float(crit(logits, yd))
-                    if not math.isfinite(loss):
-                        snap = None
-                        self._diverged(loss, e, bar)
-                    opt.zero_grad()
-                    model.backward(crit.backward())
-                    correct = int((logits.argmax(axis=1) == yd).sum())
+                    loss, correct, n = self._forward_backward(x, y, e, bar)
                     with self.interrupts.section():
                         opt.step()
                         snap = None
@@ -566,12 +653,12 @@ class _Run:
                         self.batch += 1
                         dt = time.perf_counter() - t_batch
                         p = self.partial
-                        p["loss_sum"] += loss * len(y)
+                        p["loss_sum"] += loss * n
                         p["correct"] += correct
-                        p["seen"] += len(y)
+                        p["seen"] += n
                         p["seconds"] += dt
                         self.train_seconds += dt
-                        self.train_images += len(y)
+                        self.train_images += n
                     bar.update(1)
                     if self.progress:
                         bar.set_postfix(
@@ -587,15 +674,13 @@ class _Run:
                                 "step": self.step,
                                 "batch": self.batch,
                                 "loss": loss,
-                                "accuracy": correct / len(y),
+                                "accuracy": correct / n,
                                 "lr": lr,
                             }
                         )
                 bar.close()
                 bar = None
-                test_loss, test_acc, _ = _evaluate_loader(
-                    model, self.test_loader, self.device, self.info_base["num_classes"]
-                )
+                test_loss, test_acc = self._evaluate()
                 with self.interrupts.section():
                     self._end_epoch(e, lr, test_loss, test_acc)
         except KeyboardInterrupt:
@@ -605,6 +690,83 @@ class _Run:
                 self._rollback(model, snap)
             raise self._interrupted() from None
         return self._finish_files("completed")
+
+    def _forward_backward(self, x: Any, y: Any, e: int, bar: Any) -> tuple[float, int, int]:
+        """Forward, loss and backward of one batch: (mean loss, correct, images)."""
+        if self.dist is not None:
+            return self._forward_backward_distributed(x, y, e, bar)
+        model, crit = self.model, self.criterion
+        xd = to_device(x, self.device) if self.device != "cpu" else x
+        yd = to_device(y, self.device) if self.device != "cpu" else y
+        logits = model(xd)
+        loss = float(crit(logits, yd))
+        if not math.isfinite(loss):
+            self._diverged(loss, e, bar)
+        self.optimizer.zero_grad()
+        model.backward(crit.backward())
+        correct = int((logits.argmax(axis=1) == yd).sum())
+        return loss, correct, len(y)
+
+    def _forward_backward_distributed(
+        self, x: Any, y: Any, e: int, bar: Any
+    ) -> tuple[float, int, int]:
+        """This rank's shard of the global batch; the loss, the accuracy and a pending
+        Ctrl-C agreed on by one small allreduce; the loss gradient scaled by the shard's
+        share of the batch, so that the bucketed sum is the gradient of the mean loss over
+        the whole batch."""
+        from foldconv.trainer.distributed import shard  # noqa: PLC0415
+
+        d, model, crit = self.dist, self.model, self.criterion
+        rows = shard(len(y), d.rank, d.size)
+        xs, ys = x[rows], y[rows]
+        n_local, m = len(ys), len(y)
+        self.optimizer.zero_grad()
+        logits, loss_local, correct = None, 0.0, 0
+        # A rank may get no image of a small last batch; with synchronised BatchNorm it
+        # still takes part in the layers' collectives, with an empty shard.
+        if n_local or self.sync_batchnorm:
+            xd = to_device(xs, self.device) if self.device != "cpu" else xs
+            yd = to_device(ys, self.device) if self.device != "cpu" else ys
+            logits = model(xd)
+            if n_local:
+                loss_local = float(crit(logits, yd))
+                correct = int((logits.argmax(axis=1) == yd).sum())
+        totals = d.allreduce_values(
+            [loss_local * n_local, correct, n_local, float(self.interrupts.pending)]
+        )
+        if totals[3] > 0:  # Ctrl-C on some rank: every rank stops before this update
+            self.interrupts.pending = False
+            raise KeyboardInterrupt
+        loss = float(totals[0] / m)
+        if not math.isfinite(loss):
+            self._diverged(loss, e, bar)
+        if logits is not None:
+            if n_local:
+                grad = crit.backward(n_local / m)
+            else:
+                grad = get_array_module(logits).zeros_like(logits)
+            model.backward(grad)
+        self.buckets.allreduce()
+        return loss, int(totals[1]), m
+
+    def _evaluate(self) -> tuple[float, float]:
+        """(mean loss, accuracy) on the test set; distributed: split over the ranks, with
+        rank 0's BatchNorm running statistics on every rank first."""
+        if self.dist is None:
+            loss, acc, _ = _evaluate_loader(
+                self.model, self.test_loader, self.device, self.info_base["num_classes"]
+            )
+            return loss, acc
+        d = self.dist
+        d.bcast_arrays(self._buffers())
+        loss, acc, confusion = _evaluate_loader(
+            self.model, self.test_loader, self.device, self.info_base["num_classes"]
+        )
+        seen = int(confusion.sum())
+        tot = d.allreduce_values([loss * seen if seen else 0.0, np.trace(confusion), seen])
+        if tot[2] == 0:
+            return float("nan"), float("nan")
+        return float(tot[0] / tot[2]), float(tot[1] / tot[2])
 
     def _end_epoch(self, e: int, lr: float, test_loss: float, test_acc: float) -> None:
         p = self.partial
@@ -633,11 +795,12 @@ class _Run:
         if improved:
             self.best_acc = test_acc
             self.best_epoch = e + 1
-        self._write_metrics()
-        self._save("last")
-        if improved:
-            self._save("best")
-        if self.verbose:
+        if self.is_root:
+            self._write_metrics()
+            self._save("last")
+            if improved:
+                self._save("best")
+        if self.verbose and self.is_root:
             ips = record["images_per_second"]
             print(
                 f"epoch {e + 1}/{self.cfg['epochs']}: train loss {record['train_loss']:.4f}, "
@@ -667,7 +830,7 @@ class _Run:
     def _interrupted(self) -> TrainingInterrupted:
         # Saving must not itself be cut short by a second Ctrl-C.
         with self.interrupts.section():
-            path = self._save("last")
+            path = self._save("last") if self.is_root else self.out / "last.safetensors"
             summary = self._finish_files("interrupted")
         message = (
             f"interrupted at epoch {self.epoch + 1}, step {self.step} (batch {self.batch} of "
