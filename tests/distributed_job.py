@@ -86,7 +86,8 @@ def run(spec: dict, distributed: bool = True) -> None:
             verbose=False,
             on_step=lambda r: losses.append(r["loss"]),
             distributed=distributed,
-            sync_batchnorm=spec.get("sync_batchnorm", False),
+            # One process: its BatchNorm already sees the whole batch.
+            sync_batchnorm=distributed and spec.get("sync_batchnorm", False),
         )
         status = "completed"
     except TrainingInterrupted:

@@ -82,6 +82,14 @@ def launched_by_mpi() -> bool:
     return any(v in os.environ for v in _LAUNCHER_VARS)
 
 
+def current_rank() -> int:
+    """This process's MPI rank when MPI is running in it, else 0."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return 0
+    return int(mpi.COMM_WORLD.Get_rank())
+
+
 def _import_mpi() -> Any:
     try:
         from mpi4py import MPI  # noqa: PLC0415
