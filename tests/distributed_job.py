@@ -97,7 +97,72 @@ def run(spec: dict, distributed: bool = True) -> None:
             json.dump({"losses": losses, "status": status}, f)
 
 
+def sync_batchnorm_check(out: str) -> None:
+    """SyncBatchNorm2d over 7 images split row-wise over the ranks, float64: rank 0 saves
+    the global input, upstream gradient, output, input gradient (gathered), the summed
+    weight/bias gradients, the running statistics, and the input and weight gradients by
+    central finite differences of the distributed loss sum(y * g)."""
+    from foldconv.trainer.distributed import SyncBatchNorm, init_distributed
+
+    comm = init_distributed()
+    rows = slice(comm.rank, None, comm.size)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 3, 2, 2)) * 2 + 1
+    g = rng.standard_normal(x.shape)
+    bn = nn.BatchNorm2d(3, dtype=np.float64)
+    bn.weight.data[...] = [0.5, 1.5, -1.0]
+    bn.bias.data[...] = [0.1, -0.2, 0.3]
+    layer = SyncBatchNorm(bn, comm)
+    y = layer(x[rows].copy())
+    running = (bn.running_mean.copy(), bn.running_var.copy())
+    dx = layer.backward(g[rows])
+    dw = comm.allreduce_values(bn.weight.grad)
+    db = comm.allreduce_values(bn.bias.grad)
+    ys, dxs = comm.allgather(y), comm.allgather(dx)
+
+    def loss(xv: np.ndarray) -> float:
+        return float(comm.allreduce_values([np.sum(layer(xv[rows].copy()) * g[rows])])[0])
+
+    h = 1e-6
+    fd_x = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        fd_x[i] = (loss(xp) - loss(xm)) / (2 * h)
+    fd_w = np.zeros(3)
+    for c in range(3):
+        w0 = bn.weight.data[c]
+        bn.weight.data[c] = w0 + h
+        lp = loss(x)
+        bn.weight.data[c] = w0 - h
+        lm = loss(x)
+        bn.weight.data[c] = w0
+        fd_w[c] = (lp - lm) / (2 * h)
+    if comm.rank == 0:
+        full_y, full_dx = np.empty_like(x), np.empty_like(x)
+        for r in range(comm.size):
+            full_y[r :: comm.size] = ys[r]
+            full_dx[r :: comm.size] = dxs[r]
+        np.savez(
+            out,
+            x=x,
+            g=g,
+            y=full_y,
+            dx=full_dx,
+            dw=dw,
+            db=db,
+            running_mean=running[0],
+            running_var=running[1],
+            fd_x=fd_x,
+            fd_w=fd_w,
+        )
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "syncbn":
+        sync_batchnorm_check(sys.argv[2])
+        sys.exit(0)
     with open(sys.argv[1]) as fh:
         job = json.load(fh)
     for one in job["runs"]:

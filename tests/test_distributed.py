@@ -128,6 +128,40 @@ def test_n_processes_follow_the_single_process_trajectory(distributed, reference
 
 
 @needs_mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_sync_batchnorm_gradients_against_torch_and_finite_differences(tmp_path, n):
+    """SyncBatchNorm's hand-written backward, with 7 images over n ranks (uneven shards):
+    torch float64 autograd of BatchNorm over the whole batch, and central differences of
+    the distributed loss."""
+    torch = pytest.importorskip("torch")
+    out = tmp_path / "syncbn.npz"
+    r = subprocess.run(
+        ["mpiexec", "-n", str(n), sys.executable, str(JOB), "syncbn", str(out)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = np.load(out)
+    x = torch.tensor(d["x"], requires_grad=True)
+    bn = torch.nn.BatchNorm2d(3, dtype=torch.float64)
+    with torch.no_grad():
+        bn.weight[...] = torch.tensor([0.5, 1.5, -1.0], dtype=torch.float64)
+        bn.bias[...] = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    y = bn(x)
+    y.backward(torch.tensor(d["g"]))
+    np.testing.assert_allclose(d["y"], y.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(d["dx"], x.grad.numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(d["dw"], bn.weight.grad.numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(d["db"], bn.bias.grad.numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(d["running_mean"], bn.running_mean.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(d["running_var"], bn.running_var.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(d["dx"], d["fd_x"], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(d["dw"], d["fd_w"], rtol=0, atol=1e-7)
+
+
+@needs_mpi
 def test_resume_with_another_number_of_processes(tmp_path, reference):
     case = dict(CASES["plain64"])
     first = tmp_path / "run"
