@@ -32,8 +32,14 @@ job = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(job)
 
 
+def _mpiexec() -> str | None:
+    """mpiexec on PATH, or beside this Python (a virtual environment not activated)."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    return shutil.which("mpiexec") or (str(beside) if beside.is_file() else None)
+
+
 def _mpi_available() -> bool:
-    return importlib.util.find_spec("mpi4py") is not None and shutil.which("mpiexec") is not None
+    return importlib.util.find_spec("mpi4py") is not None and _mpiexec() is not None
 
 
 needs_mpi = pytest.mark.skipif(not _mpi_available(), reason="mpi4py or mpiexec not installed")
@@ -51,7 +57,7 @@ def mpirun(n: int, runs: list[dict], tmp: Path, timeout: float = TIMEOUT):
     spec = tmp / f"spec-{time.monotonic_ns()}.json"
     spec.write_text(json.dumps({"runs": runs}))
     return subprocess.run(
-        ["mpiexec", "-n", str(n), sys.executable, str(JOB), str(spec)],
+        [_mpiexec(), "-n", str(n), sys.executable, str(JOB), str(spec)],
         env=_env(),
         capture_output=True,
         text=True,
@@ -136,7 +142,7 @@ def test_sync_batchnorm_gradients_against_torch_and_finite_differences(tmp_path,
     torch = pytest.importorskip("torch")
     out = tmp_path / "syncbn.npz"
     r = subprocess.run(
-        ["mpiexec", "-n", str(n), sys.executable, str(JOB), "syncbn", str(out)],
+        [_mpiexec(), "-n", str(n), sys.executable, str(JOB), "syncbn", str(out)],
         env=_env(),
         capture_output=True,
         text=True,
@@ -187,7 +193,7 @@ def test_ctrl_c_stops_every_rank_and_rank_0_saves_once(tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"runs": [dict(CASES["plain64"], out=str(out), epochs=500)]}))
     proc = subprocess.Popen(
-        ["mpiexec", "-n", "2", sys.executable, str(JOB), str(spec)],
+        [_mpiexec(), "-n", "2", sys.executable, str(JOB), str(spec)],
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -233,7 +239,7 @@ def test_a_failing_rank_stops_the_job_with_its_name(tmp_path, how):
 @needs_mpi
 def test_cli_batch_size_must_divide(tmp_path):
     r = subprocess.run(
-        ["mpiexec", "-n", "2", sys.executable, "-m", "foldconv", "train", "--distributed"]
+        [_mpiexec(), "-n", "2", sys.executable, "-m", "foldconv", "train", "--distributed"]
         + ["--batch-size", "25", "--epochs", "1", "--out", str(tmp_path / "run")],
         env=_env(),
         capture_output=True,

@@ -193,6 +193,11 @@ class _Nccl:
         from cupy.cuda import nccl  # noqa: PLC0415
 
         self.cupy, self.nccl = cupy, nccl
+        # One GPU a rank: the processes of a machine take its GPUs in turn.
+        local = int(
+            os.environ.get("MPI_LOCALRANKID", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"))
+        )
+        cupy.cuda.Device(local % cupy.cuda.runtime.getDeviceCount()).use()
         uid = comm.bcast(nccl.get_unique_id() if comm.rank == 0 else None)
         self.comm = nccl.NcclCommunicator(comm.size, uid, comm.rank)
         self.types = {

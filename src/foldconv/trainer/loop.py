@@ -207,8 +207,8 @@ def train(
     dict
         The summary also written to ``summary.json``: ``status``, ``test_accuracy``,
         ``best_test_accuracy``, ``best_epoch``, ``epochs``, ``steps``, ``wall_seconds``,
-        ``images_per_second``, ``train_loss``, ``train_accuracy``, ``out``,
-        ``checkpoints`` and ``config``.
+        ``images_per_second`` (all processes together), ``train_loss``,
+        ``train_accuracy``, ``processes``, ``out``, ``checkpoints`` and ``config``.
 
     Raises
     ------
@@ -216,6 +216,8 @@ def train(
         When a loss is NaN or infinite (the message names the epoch and step).
     TrainingInterrupted
         On Ctrl-C, after saving ``last.safetensors``.
+    foldconv.trainer.distributed.DistributedError
+        With ``distributed``: mpi4py missing, or not started by an MPI launcher.
     """
     if not isinstance(distributed, bool):
         raise TypeError(f"distributed: expected a bool, got {type(distributed).__name__}")
