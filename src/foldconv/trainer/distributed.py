@@ -20,6 +20,10 @@ every process of an MPI job) trains one model with N processes:
   batch mean and variance are those of the whole batch (allreduced in the forward), and
   the backward allreduces the two per-channel sums its input gradient needs, as
   ``torch.nn.SyncBatchNorm``: the gradients are exactly those of one process;
+- every rank loads the dataset and (to resume) the checkpoint itself, so on several
+  machines they must see the same files; each rank builds and augments the whole global
+  batch before taking its rows (the random crops/flips of one process, exactly; cheap next
+  to the network), and reads its rows only of the test set;
 - only rank 0 writes files and prints; the evaluation is split over the ranks;
 - Ctrl-C (mpiexec forwards it to every rank) is agreed on at the next step: every rank
   stops at the same step boundary and rank 0 saves once;
