@@ -89,11 +89,22 @@ def _add_train(sub: Any) -> None:
     )
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR exactly")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over the processes of `mpiexec -n N` (--batch-size is global)",
+    )
+    p.add_argument(
+        "--sync-batchnorm",
+        action="store_true",
+        help="with --distributed: BatchNorm statistics over the global batch",
+    )
     p.set_defaults(handler=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from foldconv.trainer import TrainingDiverged, TrainingInterrupted, train  # noqa: PLC0415
+    from foldconv.trainer.distributed import DistributedError, current_rank  # noqa: PLC0415
 
     try:
         summary = train(
@@ -115,13 +126,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
             augment=args.augment,
             label_smoothing=args.label_smoothing,
             download=args.download,
+            distributed=args.distributed,
+            sync_batchnorm=args.sync_batchnorm,
         )
+    except (ValueError, TypeError, OSError, DistributedError) as e:
+        # Distributed: every rank meets the same error; rank 0 says it.
+        if current_rank() == 0:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except TrainingDiverged as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        if current_rank() == 0:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except TrainingInterrupted as e:
-        print(f"\n{PROG}: {e}", file=sys.stderr)
+        if current_rank() == 0:
+            print(f"\n{PROG}: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if current_rank() != 0:
+        return EXIT_OK
     print(
         f"test accuracy {100 * summary['test_accuracy']:.2f}% after {summary['epochs']} "
         f"epochs (best {100 * summary['best_test_accuracy']:.2f}% at epoch "
