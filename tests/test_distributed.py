@@ -272,3 +272,29 @@ def test_sync_batchnorm_needs_distributed(tmp_path):
         train(epochs=1, out=tmp_path, progress=False, verbose=False, sync_batchnorm=True)
     with pytest.raises(TypeError, match="distributed: expected a bool"):
         train(epochs=1, out=tmp_path, progress=False, verbose=False, distributed="yes")
+
+
+def test_dropout_streams_differ_per_rank_and_follow_from_rank_0():
+    from foldconv.trainer.distributed import decorrelate_generators
+
+    def draws(rank: int) -> np.ndarray:
+        gens = [np.random.default_rng(7), np.random.default_rng(8)]
+        decorrelate_generators(gens, rank)
+        return np.stack([g.random(64) for g in gens])
+
+    rank0, rank1, rank2 = draws(0), draws(1), draws(2)
+    np.testing.assert_array_equal(
+        rank0, np.stack([np.random.default_rng(s).random(64) for s in (7, 8)])
+    )
+    np.testing.assert_array_equal(rank1, draws(1))  # the same seed gives the same stream
+    assert not np.isclose(rank0, rank1).any() and not np.isclose(rank1, rank2).any()
+    expected = np.random.default_rng(7)
+    expected.bit_generator.state = expected.bit_generator.jumped(2).state
+    np.testing.assert_array_equal(rank2[0], expected.random(64))
+
+
+def test_dropout_stream_without_jump_is_a_clear_error():
+    from foldconv.trainer.distributed import decorrelate_generators
+
+    with pytest.raises(TypeError, match="SFC64"):
+        decorrelate_generators([np.random.Generator(np.random.SFC64(0))], 1)

@@ -24,6 +24,9 @@ every process of an MPI job) trains one model with N processes:
   machines they must see the same files; each rank builds and augments the whole global
   batch before taking its rows (the random crops/flips of one process, exactly; cheap next
   to the network), and reads its rows only of the test set;
+- dropout draws its masks from per-rank streams: rank r's generators are rank 0's jumped
+  r times (2^127 draws apart for PCG64), so the ranks' masks are independent, and the
+  streams follow from the seed (and a checkpoint's states, which are rank 0's) alone;
 - only rank 0 writes files and prints; the evaluation is split over the ranks;
 - Ctrl-C (mpiexec forwards it to every rank) is agreed on at the next step: every rank
   stops at the same step boundary and rank 0 saves once;
@@ -539,6 +542,25 @@ def fail(comm: Communicator, watcher: Watcher, error: BaseException) -> None:
     sys.stderr.flush()
     watcher.release()
     comm.abort(1)
+
+
+def decorrelate_generators(generators: Sequence[np.random.Generator], rank: int) -> None:
+    """Move each generator to rank ``rank``'s stream: its state jumped ``rank`` times.
+
+    Every rank starts from rank 0's states (same seed, or the same checkpoint); without
+    this, dropout would drop the same units of every rank's shard, a correlation a
+    single process training on the whole batch never has.
+    """
+    if rank == 0:
+        return
+    for g in generators:
+        bits = g.bit_generator
+        if not hasattr(bits, "jumped"):
+            raise TypeError(
+                f"distributed: dropout's generator {type(bits).__name__} cannot jump to "
+                "independent per-rank streams; use numpy.random.default_rng (PCG64)"
+            )
+        bits.state = bits.jumped(rank).state
 
 
 def agree(comm: Communicator, build: Callable[[], Any]) -> Any:

@@ -25,6 +25,7 @@ import numpy as np
 from foldconv.backend import get_array_module, to_device
 from foldconv.nn.module import Module
 from foldconv.trainer.checkpoints import (
+    _generators,
     _resolve_checkpoint,
     _rng_states,
     _set_rng_states,
@@ -476,6 +477,7 @@ class _Run:
         self.out = Path(d.bcast(str(self.out)))
         self.cfg["out"] = str(self.out)
         d.bcast_arrays([p.data for p in self.params] + self._buffers())
+        D.decorrelate_generators(list(_generators(self.model).values()), d.rank)
         self._unsync_bn = D.convert_sync_batchnorm(self.model, d) if self.sync_batchnorm else None
         self.buckets = D.GradientBuckets(self.params, d)
 
