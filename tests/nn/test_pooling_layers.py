@@ -54,7 +54,7 @@ def test_maxpool_layers_match_torch(
     x = rng.standard_normal(shape)
     cls = {1: "MaxPool1d", 2: "MaxPool2d", 3: "MaxPool3d"}[dims]
     args = (kernel, stride, padding, dilation, False, ceil_mode)
-    ours = getattr(nn, cls)(kernel, stride, padding, dilation, ceil_mode)
+    ours = getattr(nn, cls)(*args)  # torch's positional order
     _compare(torch, ours, getattr(torch.nn, cls)(*args), x, rng)
 
 
@@ -207,7 +207,7 @@ def test_reprs_follow_torch(torch):
         (lambda: nn.AvgPool2d(-1), ValueError, "kernel_size"),
         (lambda: nn.AvgPool2d(2, padding=3), ValueError, "padding"),
         (lambda: nn.AvgPool2d(2, divisor_override=0), ValueError, "divisor_override"),
-        (lambda: nn.AdaptiveAvgPool2d(0), ValueError, "output_size"),
+        (lambda: nn.AdaptiveAvgPool2d(None), TypeError, "output_size"),
         (lambda: nn.AdaptiveAvgPool2d((3, -1)), ValueError, "output_size"),
         (lambda: nn.AdaptiveAvgPool2d("6"), TypeError, "output_size"),
         (lambda: nn.LocalResponseNorm(0), ValueError, "size"),
