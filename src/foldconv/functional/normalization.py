@@ -154,6 +154,7 @@ def _batch_norm_impl(
     ct = _compute_dtype(x.dtype)
     xc = x.astype(ct, copy=False)
     cs = _channel_shape(x)
+    n = _values_per_channel(x.shape) if training else 0
     if training and x.size == 0:
         # PyTorch: an empty batch gives an empty output and leaves the running statistics
         # alone (no statistics of nothing); the mean and invstd returned are placeholders.
@@ -161,7 +162,6 @@ def _batch_norm_impl(
         var = xp.ones(c, dtype=ct)
         centered = xc - mean.reshape(cs)
     elif training:
-        n = _values_per_channel(x.shape)
         axes = _reduce_axes(x)
         mean = xp.mean(xc, axis=axes)
         centered = xc - mean.reshape(cs)
@@ -310,7 +310,10 @@ def _group_setup(x: Any, num_groups: Any, weight: Any, bias: Any) -> tuple[Any, 
 
 def _grouped(a: Any, g: int) -> Any:
     """(N, C, *S) -> (N, G, C/G * prod(S)): one row per (sample, group)."""
-    return a.reshape(a.shape[0], g, -1)
+    m = a.shape[1] // g
+    for s in a.shape[2:]:
+        m *= s
+    return a.reshape(a.shape[0], g, m)
 
 
 def group_norm_forward(

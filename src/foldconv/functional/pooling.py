@@ -1243,9 +1243,10 @@ def _adaptive_max_pool_backward(
     xp = get_array_module(grad_output, indices)
     planes = math.prod(lead)
     cdt = compute_dtype(grad_output.dtype)
-    g = grad_output.reshape(planes, -1)
+    outs = math.prod(grad_output.shape[-dims:])
+    g = grad_output.reshape(planes, outs)
     offsets = (xp.arange(planes, dtype=np.int64) * plane)[:, None]
-    pos = indices.reshape(planes, -1).astype(np.int64) + offsets
+    pos = indices.reshape(planes, outs).astype(np.int64) + offsets
     # Bins may overlap (and with o > n several outputs share a cell): the gradients add.
     gx = xp.bincount(pos.ravel(), weights=g.ravel().astype(np.float64), minlength=planes * plane)
     return gx.astype(cdt).reshape(input_shape).astype(grad_output.dtype, copy=False)
