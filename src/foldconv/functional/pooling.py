@@ -677,6 +677,12 @@ def _avg_setup(x_shape, dims, kernel_size, stride, padding, ceil_mode, divisor_o
         if divisor_override == 0:
             raise ValueError("divisor_override: expected a non-zero int or None, got 0")
     in_shape = tuple(x_shape[-dims:])
+    if dims == 3 and any(n < k for n, k in zip(in_shape, kernel, strict=True)):
+        # PyTorch's avg_pool3d (only it) wants the kernel to fit the unpadded input
+        raise ValueError(
+            f"{name}: expected a spatial size of at least kernel_size={kernel} for 3-d "
+            f"average pooling (as PyTorch), got {in_shape}"
+        )
     ones = (1,) * dims
     out_shape = _out_shape(in_shape, kernel, stride_t, pad, ones, bool(ceil_mode), name)
     pads = _padded_extent(in_shape, out_shape, kernel, stride_t, pad, ones)
