@@ -1004,9 +1004,38 @@ def _adaptive_bins(n: int, o: int) -> tuple[np.ndarray, np.ndarray]:
     return member, end - start
 
 
-def _apply_along(xp: Any, a: Any, m: Any, axis: int) -> Any:
-    """b[..., i, ...] = sum_j m[i, j] a[..., j, ...] along ``axis`` (one BLAS product)."""
-    return xp.moveaxis(xp.tensordot(a, m, axes=([axis], [1])), -1, axis)
+def _separable_product(xp: Any, a: Any, mats: list[Any]) -> Any:
+    """``a`` (..., n_1, ..., n_d) times ``mats[k]`` (o_k, n_k) along each spatial axis k
+    (None: that axis is kept as it is), as one BLAS product per axis.
+
+    Each step contracts the last axis, ``(L, n) @ M^T``, and rotates the result's last
+    axis to the front of the spatial block, so after d steps the axes are back in order
+    (a broadcast ``matmul`` or ``tensordot`` on strided views runs many small products).
+    """
+    dims = len(mats)
+    if all(m is None for m in mats):
+        return xp.array(a, copy=True)
+    front = a.ndim - dims
+    for m in reversed(mats):
+        if m is not None:
+            n = a.shape[-1]
+            a = (a.reshape(-1, n) @ m.T).reshape(a.shape[:-1] + (m.shape[0],))
+        if dims > 1:
+            a = xp.moveaxis(a, -1, front)
+    return xp.ascontiguousarray(a)
+
+
+def _bin_product(xp: Any, a: Any, bh: Any, bw: Any) -> Any:
+    """bh a bw^T over the last two axes of a (..., H, W), as two single BLAS products.
+
+    (The 2-d case of :func:`_separable_product` with one copy fewer: ~1.5x faster.)
+    """
+    lead = a.shape[:-2]
+    h, w = a.shape[-2:]
+    t = a.reshape(-1, w) @ bw.T  # (L*H, W') : one GEMM
+    t = t.reshape((-1, h, bw.shape[0]))
+    t = xp.tensordot(bh, t, axes=([1], [1]))  # (H', L, W')
+    return xp.moveaxis(t, 0, -2).reshape(lead + (bh.shape[0], bw.shape[0]))
 
 
 def _adaptive_input(x_shape, dims, output_size, name, zero_channels):
@@ -1040,12 +1069,12 @@ def _adaptive_avg_pool(x: Any, dims: int, output_size: Any) -> Any:
     in_shape, out = _adaptive_input(tuple(x.shape), dims, output_size, "x", dims < 3)
     xp = get_array_module(x)
     cdt = compute_dtype(x.dtype)
-    y = x.astype(cdt, copy=True)
-    lead = x.ndim - dims
-    for d, m in enumerate(_bin_matrices(xp, in_shape, out, cdt)):
-        if m is not None:
-            y = _apply_along(xp, y, m, lead + d)
-    return xp.ascontiguousarray(y).astype(x.dtype, copy=False)
+    mats = _bin_matrices(xp, in_shape, out, cdt)
+    if dims == 2 and all(m is not None for m in mats):
+        y = _bin_product(xp, x.astype(cdt, copy=False), *mats)
+    else:
+        y = _separable_product(xp, x.astype(cdt, copy=False), mats)
+    return y.astype(x.dtype, copy=False)
 
 
 def _adaptive_avg_pool_backward(
@@ -1065,12 +1094,12 @@ def _adaptive_avg_pool_backward(
         )
     xp = get_array_module(grad_output)
     cdt = compute_dtype(grad_output.dtype)
-    g = grad_output.astype(cdt, copy=True)
-    lead = len(input_shape) - dims
-    for d, m in enumerate(_bin_matrices(xp, in_shape, out, cdt, transpose=True)):
-        if m is not None:
-            g = _apply_along(xp, g, m, lead + d)
-    return xp.ascontiguousarray(g).astype(grad_output.dtype, copy=False)
+    mats = _bin_matrices(xp, in_shape, out, cdt, transpose=True)
+    if dims == 2 and all(m is not None for m in mats):
+        gx = xp.ascontiguousarray(_bin_product(xp, grad_output.astype(cdt, copy=False), *mats))
+    else:
+        gx = _separable_product(xp, grad_output.astype(cdt, copy=False), mats)
+    return gx.astype(grad_output.dtype, copy=False)
 
 
 _ADAPTIVE_AVG_DOC = """{dims}-d adaptive average pooling, PyTorch's ``adaptive_avg_pool{dims}d``.
