@@ -1019,7 +1019,8 @@ def _separable_product(xp: Any, a: Any, mats: list[Any]) -> Any:
     for m in reversed(mats):
         if m is not None:
             n = a.shape[-1]
-            a = (a.reshape(-1, n) @ m.T).reshape(a.shape[:-1] + (m.shape[0],))
+            rows = math.prod(a.shape[:-1])  # explicit: -1 is ambiguous for empty arrays
+            a = (a.reshape(rows, n) @ m.T).reshape(a.shape[:-1] + (m.shape[0],))
         if dims > 1:
             a = xp.moveaxis(a, -1, front)
     return xp.ascontiguousarray(a)
@@ -1032,8 +1033,9 @@ def _bin_product(xp: Any, a: Any, bh: Any, bw: Any) -> Any:
     """
     lead = a.shape[:-2]
     h, w = a.shape[-2:]
-    t = a.reshape(-1, w) @ bw.T  # (L*H, W') : one GEMM
-    t = t.reshape((-1, h, bw.shape[0]))
+    lead_size = math.prod(lead)  # explicit sizes: -1 is ambiguous for empty arrays
+    t = a.reshape(lead_size * h, w) @ bw.T  # (L*H, W') : one GEMM
+    t = t.reshape((lead_size, h, bw.shape[0]))
     t = xp.tensordot(bh, t, axes=([1], [1]))  # (H', L, W')
     return xp.moveaxis(t, 0, -2).reshape(lead + (bh.shape[0], bw.shape[0]))
 
