@@ -307,9 +307,10 @@ def max_pool(
     Parameters
     ----------
     x : ndarray, shape (N, C, *S) or (C, *S)
-        float16/32/64 input; ``len(S)`` is the spatial rank.
+        float16/32/64 input; ``len(S)`` is the spatial rank. Only N may be 0.
     kernel_size, stride, padding, dilation : int or tuple of ints
-        ``stride`` defaults to ``kernel_size``; ``padding <= kernel_size // 2``.
+        A 1-tuple stands for every dimension; ``stride`` None or () means
+        ``kernel_size``; ``padding <= kernel_size // 2``.
     ceil_mode : bool
         Round the output size up (the last window must still start inside the input
         or its left padding).
@@ -319,8 +320,8 @@ def max_pool(
         index of the winning kernel tap (row-major over the kernel; uint8 for up to 256
         taps), which :func:`max_pool_backward` uses fastest.
     dims : int, optional
-        The spatial rank; needed only when kernel_size, stride, padding and dilation
-        are all ints.
+        The spatial rank; without it, the length of the longest tuple among
+        kernel_size, stride, padding and dilation.
 
     Returns
     -------
