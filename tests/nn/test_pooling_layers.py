@@ -54,7 +54,7 @@ def test_maxpool_layers_match_torch(
     x = rng.standard_normal(shape)
     cls = {1: "MaxPool1d", 2: "MaxPool2d", 3: "MaxPool3d"}[dims]
     args = (kernel, stride, padding, dilation, False, ceil_mode)
-    ours = getattr(nn, cls)(kernel, stride, padding, dilation, ceil_mode)
+    ours = getattr(nn, cls)(*args)  # torch's positional order
     _compare(torch, ours, getattr(torch.nn, cls)(*args), x, rng)
 
 
@@ -207,7 +207,7 @@ def test_reprs_follow_torch(torch):
         (lambda: nn.AvgPool2d(-1), ValueError, "kernel_size"),
         (lambda: nn.AvgPool2d(2, padding=3), ValueError, "padding"),
         (lambda: nn.AvgPool2d(2, divisor_override=0), ValueError, "divisor_override"),
-        (lambda: nn.AdaptiveAvgPool2d(0), ValueError, "output_size"),
+        (lambda: nn.AdaptiveAvgPool2d(None), TypeError, "output_size"),
         (lambda: nn.AdaptiveAvgPool2d((3, -1)), ValueError, "output_size"),
         (lambda: nn.AdaptiveAvgPool2d("6"), TypeError, "output_size"),
         (lambda: nn.LocalResponseNorm(0), ValueError, "size"),
@@ -240,3 +240,82 @@ def test_backward_checks_grad_output_shape():
     layer(np.zeros((1, 2, 6, 6)))
     with pytest.raises(ValueError, match=r"^grad_output:"):
         layer.backward(np.zeros((1, 2, 2, 2)))
+
+
+# -- torch's positional order, return_indices, the new layers ------------------------------------
+def test_positional_trap_from_the_issue(torch):
+    """MaxPool1d(2, 2, 0, 1, True): the fifth argument is return_indices, as in torch."""
+    layer = nn.MaxPool1d(2, 2, 0, 1, True)
+    assert layer.return_indices and not layer.ceil_mode
+    x = np.random.default_rng(6).standard_normal((2, 3, 9))
+    y, idx = layer(x)
+    yt, it = torch.nn.MaxPool1d(2, 2, 0, 1, True)(torch.tensor(x))
+    assert y.shape == (2, 3, 4)
+    np.testing.assert_array_equal(y, yt.numpy())
+    np.testing.assert_array_equal(idx, it.numpy())
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_maxpool_return_indices_matches_torch(torch, dims, mode):
+    rng = np.random.default_rng(7)
+    shape = (2, 3) + (7, 6, 5)[:dims]
+    x = rng.integers(0, 4, shape).astype(np.float64)  # ties: the first maximum wins
+    args = (3, 2, 1, 1, True, True)
+    cls = f"MaxPool{dims}d"
+    ours, theirs = getattr(nn, cls)(*args), getattr(torch.nn, cls)(*args)
+    ours.train(mode == "train")
+    xt = torch.tensor(x, requires_grad=True)
+    yt, it = theirs(xt)
+    g = rng.standard_normal(tuple(yt.shape))
+    yt.backward(torch.tensor(g))
+    y, idx = ours(x)
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(idx, it.numpy())
+    assert idx.dtype == np.int64
+    assert rel_err(ours.backward(g), xt.grad.numpy()) <= TOL
+    unbatched_y, unbatched_idx = ours(x[0])  # unbatched input
+    np.testing.assert_array_equal(unbatched_idx, it.numpy()[0])
+
+
+def test_new_pool_layers_reprs_follow_torch(torch):
+    builds = [
+        ("AvgPool1d", (2,)),
+        ("AvgPool1d", ((3,), (), 1, True, False)),
+        ("AvgPool3d", (2,)),
+        ("AvgPool3d", ((2,), (), (1,), True, False, 3)),
+        ("MaxPool2d", (3, 2, 1, 1, True, True)),
+        ("MaxPool3d", ((2,), ())),
+        ("AdaptiveAvgPool1d", (3,)),
+        ("AdaptiveAvgPool3d", ((2, None, 3),)),
+        ("AdaptiveMaxPool1d", (2,)),
+        ("AdaptiveMaxPool2d", ((3, None), True)),
+        ("AdaptiveMaxPool3d", (1,)),
+    ]
+    for cls, args in builds:
+        ours, theirs = getattr(nn, cls)(*args), getattr(torch.nn, cls)(*args)
+        assert repr(ours) == repr(theirs)
+        assert ours.num_parameters() == 0 and ours.state_dict() == {}
+
+
+def test_new_pool_layers_finite_differences():
+    """A stack of the new layers, checked by float64 central differences (no torch)."""
+    rng = np.random.default_rng(8)
+    # the max pool first, on distinct values (averages of them may tie)
+    model = nn.Sequential(
+        nn.AdaptiveMaxPool3d((3, None, 4)),
+        nn.AvgPool3d((2, 1, 2), 1, (1, 0, 1), True, False),
+        nn.AdaptiveAvgPool3d((2, 3, 3)),
+    )
+    x = rng.permutation(2 * 2 * 4 * 3 * 5).reshape(2, 2, 4, 3, 5) * 0.05 - 2.0
+    y = model(x)
+    w = rng.standard_normal(y.shape)
+    analytic = model.backward(w)
+    assert rel_err(analytic, numerical_grad(lambda z: float(np.sum(model(z) * w)), x)) <= 1e-7
+    model1d = nn.Sequential(nn.AdaptiveMaxPool1d(7), nn.AvgPool1d(3, 1, 1), nn.AdaptiveAvgPool1d(3))
+    x1 = rng.permutation(3 * 11).reshape(3, 11) * 0.1  # unbatched
+    y1 = model1d(x1)
+    w1 = rng.standard_normal(y1.shape)
+    analytic1 = model1d.backward(w1)
+    numeric1 = numerical_grad(lambda z: float(np.sum(model1d(z) * w1)), x1)
+    assert rel_err(analytic1, numeric1) <= 1e-7

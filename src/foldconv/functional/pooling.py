@@ -1,4 +1,4 @@
-"""Pooling: max (1-d/2-d/3-d), average (2-d) and adaptive average (2-d), with backward passes.
+"""Pooling: max, average, adaptive average and adaptive max (1-d/2-d/3-d), with backward passes.
 
 All three follow PyTorch's semantics exactly (output sizes, ``ceil_mode``, padding,
 divisors, tie-breaking), so that a network ported from PyTorch gives the same numbers.
@@ -29,11 +29,28 @@ from foldconv.backend import get_array_module
 from foldconv.functional._args import as_float_array, compute_dtype, int_tuple
 
 __all__ = [
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool1d_backward",
     "adaptive_avg_pool2d",
     "adaptive_avg_pool2d_backward",
+    "adaptive_avg_pool3d",
+    "adaptive_avg_pool3d_backward",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool1d_backward",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool2d_backward",
+    "adaptive_max_pool3d",
+    "adaptive_max_pool3d_backward",
+    "avg_pool1d",
+    "avg_pool1d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "avg_pool3d",
+    "avg_pool3d_backward",
     "max_pool",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
     "max_pool_backward",
 ]
 
@@ -46,33 +63,79 @@ _BLOCK_BYTES = 512 * 1024
 
 
 # -- arguments and geometry ----------------------------------------------------------------
+def _is_seq(a: Any) -> bool:
+    return isinstance(a, Sequence) and not isinstance(a, str)
+
+
 def _resolve_dims(dims: Any, *args: Any) -> int:
-    """Spatial rank: ``dims`` if given, else the length of the first tuple among ``args``."""
+    """Spatial rank: ``dims`` if given, else the longest tuple among ``args``.
+
+    (A 1-tuple stands for every dimension, as in PyTorch, so it decides the rank only
+    when no longer tuple is given.)
+    """
     if dims is None:
-        for a in args:
-            if isinstance(a, Sequence) and not isinstance(a, str):
-                dims = len(a)
-                break
-        else:
+        lengths = [len(a) for a in args if _is_seq(a) and len(a) > 0]
+        if not lengths:
             raise ValueError(
                 "dims: expected 1, 2 or 3 (the spatial rank) when kernel_size, stride, "
                 "padding and dilation are all ints, got None"
             )
+        dims = max(lengths)
     if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or dims not in (1, 2, 3):
         raise ValueError(f"dims: expected 1, 2 or 3, got {dims!r}")
     return int(dims)
 
 
-def _split_batch(x: Any, dims: int, name: str = "x") -> tuple[Any, bool]:
-    """(N, C, *S) as is, (C, *S) with a batch axis added; returns (array, was_unbatched)."""
+def _pool_tuple(value: Any, dims: int, name: str, minimum: int) -> tuple[int, ...]:
+    """PyTorch's parsing of a pooling argument: an int, a 1-tuple (every dimension) or a
+    ``dims``-tuple of ints, each >= ``minimum``."""
+    if _is_seq(value):
+        vals = tuple(value)
+        if len(vals) == 1:
+            vals = vals * dims
+        elif len(vals) != dims:
+            raise ValueError(
+                f"{name}: expected an int, a 1-tuple or a {dims}-tuple of ints, got {vals!r}"
+            )
+        return int_tuple(vals, dims, name, minimum=minimum)
+    return int_tuple(value, dims, name, minimum=minimum)
+
+
+def _split_batch(
+    x: Any, dims: int, name: str = "x", *, adaptive: bool = False, zero_channels: bool = False
+) -> tuple[Any, bool]:
+    """(N, C, *S) as is, (C, *S) with a batch axis added; returns (array, was_unbatched).
+
+    Only the batch may be empty, as in PyTorch: a zero-length channel or spatial
+    dimension is a ValueError. PyTorch's adaptive pools treat an unbatched input's
+    channels as a batch (so they may be 0), and its adaptive average pools of rank 1
+    and 2 accept 0 channels in a batched input too (``zero_channels``).
+    """
     if x.ndim == dims + 2:
-        return x, False
-    if x.ndim == dims + 1:
-        return x[None], True
-    raise ValueError(
-        f"{name}: expected a {dims + 2}-d (N, C, *spatial) or {dims + 1}-d (C, *spatial) "
-        f"array for {dims}-d pooling, got shape {tuple(x.shape)}"
-    )
+        xb, unbatched = x, False
+    elif x.ndim == dims + 1:
+        xb, unbatched = x[None], True
+    else:
+        raise ValueError(
+            f"{name}: expected a {dims + 2}-d (N, C, *spatial) or {dims + 1}-d (C, *spatial) "
+            f"array for {dims}-d pooling, got shape {tuple(x.shape)}"
+        )
+    _check_sizes(tuple(x.shape), unbatched, name, adaptive=adaptive, zero_channels=zero_channels)
+    return xb, unbatched
+
+
+def _check_sizes(
+    shape: tuple[int, ...], unbatched: bool, name: str, *, adaptive: bool, zero_channels: bool
+) -> None:
+    """ValueError for an empty channel or spatial dimension (see :func:`_split_batch`)."""
+    spatial = shape[1:] if unbatched else shape[2:]
+    channels = shape[0] if unbatched else shape[1]
+    channels_may_be_empty = (unbatched and adaptive) or (not unbatched and zero_channels)
+    if any(n == 0 for n in spatial) or (channels == 0 and not channels_may_be_empty):
+        raise ValueError(
+            f"{name}: expected non-zero channel and spatial sizes (only the batch may be "
+            f"empty), got shape {shape}"
+        )
 
 
 def _check_padding(padding: tuple[int, ...], kernel: tuple[int, ...]) -> None:
@@ -121,10 +184,14 @@ def _pool_args(
     padding: Any,
     dilation: Any,
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    kernel = int_tuple(kernel_size, dims, "kernel_size", minimum=1)
-    stride = kernel if stride is None else int_tuple(stride, dims, "stride", minimum=1)
-    pad = int_tuple(padding, dims, "padding", minimum=0)
-    dil = int_tuple(dilation, dims, "dilation", minimum=1)
+    kernel = _pool_tuple(kernel_size, dims, "kernel_size", 1)
+    # PyTorch: stride None or () means stride = kernel_size
+    if stride is None or (_is_seq(stride) and len(stride) == 0):
+        stride = kernel
+    else:
+        stride = _pool_tuple(stride, dims, "stride", 1)
+    pad = _pool_tuple(padding, dims, "padding", 0)
+    dil = _pool_tuple(dilation, dims, "dilation", 1)
     _check_padding(pad, kernel)
     return kernel, stride, pad, dil
 
@@ -240,9 +307,10 @@ def max_pool(
     Parameters
     ----------
     x : ndarray, shape (N, C, *S) or (C, *S)
-        float16/32/64 input; ``len(S)`` is the spatial rank.
+        float16/32/64 input; ``len(S)`` is the spatial rank. Only N may be 0.
     kernel_size, stride, padding, dilation : int or tuple of ints
-        ``stride`` defaults to ``kernel_size``; ``padding <= kernel_size // 2``.
+        A 1-tuple stands for every dimension; ``stride`` None or () means
+        ``kernel_size``; ``padding <= kernel_size // 2``.
     ceil_mode : bool
         Round the output size up (the last window must still start inside the input
         or its left padding).
@@ -252,8 +320,8 @@ def max_pool(
         index of the winning kernel tap (row-major over the kernel; uint8 for up to 256
         taps), which :func:`max_pool_backward` uses fastest.
     dims : int, optional
-        The spatial rank; needed only when kernel_size, stride, padding and dilation
-        are all ints.
+        The spatial rank; without it, the length of the longest tuple among
+        kernel_size, stride, padding and dilation.
 
     Returns
     -------
@@ -474,6 +542,7 @@ def max_pool_backward(
             f"entries for {nd}-d pooling, got {input_shape}"
         )
     unbatched = len(input_shape) == nd + 1
+    _check_sizes(input_shape, unbatched, "input_shape", adaptive=False, zero_channels=False)
     full_in = (1,) + input_shape if unbatched else input_shape
     in_shape = full_in[2:]
     out_shape = _out_shape(in_shape, kernel, stride_t, pad, dil, bool(ceil_mode), "input_shape")
@@ -609,49 +678,33 @@ def _avg_setup(x_shape, dims, kernel_size, stride, padding, ceil_mode, divisor_o
         if divisor_override == 0:
             raise ValueError("divisor_override: expected a non-zero int or None, got 0")
     in_shape = tuple(x_shape[-dims:])
+    if dims == 3 and any(n < k for n, k in zip(in_shape, kernel, strict=True)):
+        # PyTorch's avg_pool3d (only it) wants the kernel to fit the unpadded input
+        raise ValueError(
+            f"{name}: expected a spatial size of at least kernel_size={kernel} for 3-d "
+            f"average pooling (as PyTorch), got {in_shape}"
+        )
     ones = (1,) * dims
     out_shape = _out_shape(in_shape, kernel, stride_t, pad, ones, bool(ceil_mode), name)
     pads = _padded_extent(in_shape, out_shape, kernel, stride_t, pad, ones)
     return kernel, stride_t, pad, in_shape, out_shape, pads
 
 
-def avg_pool2d(
+def _avg_pool(
     x: Any,
-    kernel_size: int | Sequence[int],
-    stride: int | Sequence[int] | None = None,
-    padding: int | Sequence[int] = 0,
-    ceil_mode: bool = False,
-    count_include_pad: bool = True,
-    divisor_override: int | None = None,
+    dims: int,
+    kernel_size: Any,
+    stride: Any,
+    padding: Any,
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
 ) -> Any:
-    """2-d average pooling, PyTorch's ``avg_pool2d``.
-
-    ``y[n, c, o] = (sum_t x_pad[n, c, o*s + t]) / divisor(o)``, ``x_pad`` being ``x``
-    zero-padded; the divisor follows PyTorch (see :func:`_avg_divisor`): the window's
-    cell count with or without padding, or ``divisor_override``.
-
-    Parameters
-    ----------
-    x : ndarray, shape (N, C, H, W) or (C, H, W)
-        float16/32/64.
-    kernel_size, stride, padding : int or (int, int)
-        ``stride`` defaults to ``kernel_size``; ``padding <= kernel_size // 2``.
-    ceil_mode : bool
-        Round the output size up (the last window must start inside x or its left padding).
-    count_include_pad : bool
-        Count zero-padding cells in the divisor.
-    divisor_override : int, optional
-        A fixed non-zero divisor.
-
-    Returns
-    -------
-    ndarray, shape (N, C, H_out, W_out) or (C, H_out, W_out)
-        Same dtype as ``x``.
-    """
+    """N-d average pooling; see :func:`avg_pool2d`."""
     x = as_float_array(x, "x")
-    xb, unbatched = _split_batch(x, 2)
+    xb, unbatched = _split_batch(x, dims)
     kernel, stride_t, pad, in_shape, out_shape, pads = _avg_setup(
-        xb.shape, 2, kernel_size, stride, padding, ceil_mode, divisor_override, "x"
+        xb.shape, dims, kernel_size, stride, padding, ceil_mode, divisor_override, "x"
     )
     xp = get_array_module(xb)
     cdt = compute_dtype(xb.dtype)
@@ -661,7 +714,7 @@ def avg_pool2d(
     y = xp.empty((planes,) + out_shape, dtype=cdt)
     for blk in _plane_blocks(xp, planes, math.prod(out_shape) * cdt.itemsize):
         yb = y[blk]
-        views = _tap_views(xf[blk], out_shape, kernel, stride_t, (1, 1))
+        views = _tap_views(xf[blk], out_shape, kernel, stride_t, (1,) * dims)
         _, first = next(views)
         yb[...] = first
         for _, v in views:
@@ -674,50 +727,36 @@ def avg_pool2d(
     return y[0] if unbatched else y
 
 
-def avg_pool2d_backward(
+def _avg_pool_backward(
     grad_output: Any,
     input_shape: Sequence[int],
-    kernel_size: int | Sequence[int],
-    stride: int | Sequence[int] | None = None,
-    padding: int | Sequence[int] = 0,
-    ceil_mode: bool = False,
-    count_include_pad: bool = True,
-    divisor_override: int | None = None,
+    dims: int,
+    kernel_size: Any,
+    stride: Any,
+    padding: Any,
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
 ) -> Any:
-    """Gradient of :func:`avg_pool2d` with respect to its input.
-
-    ``dx[n, c, i] = sum over windows o containing i of dy[n, c, o] / divisor(o)``
-    (``dx_pad[o*s + t] += dy[o] / divisor(o)`` for every tap ``t``, then the padding is
-    cropped away).
-
-    Parameters
-    ----------
-    grad_output : ndarray, shape (N, C, H_out, W_out) or (C, H_out, W_out)
-    input_shape : tuple of ints
-        The shape of the forward's ``x``.
-    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
-        As given to the forward.
-
-    Returns
-    -------
-    ndarray, shape input_shape
-    """
+    """N-d average pooling's input gradient; see :func:`avg_pool2d_backward`."""
     grad_output = as_float_array(grad_output, "grad_output")
     input_shape = tuple(int(n) for n in input_shape)
-    if len(input_shape) not in (3, 4):
+    if len(input_shape) not in (dims + 1, dims + 2):
         raise ValueError(
-            f"input_shape: expected 4 (N, C, H, W) or 3 (C, H, W) entries, got {input_shape}"
+            f"input_shape: expected {dims + 2} (N, C, *spatial) or {dims + 1} (C, *spatial) "
+            f"entries for {dims}-d pooling, got {input_shape}"
         )
+    unbatched = len(input_shape) == dims + 1
+    _check_sizes(input_shape, unbatched, "input_shape", adaptive=False, zero_channels=False)
     kernel, stride_t, pad, in_shape, out_shape, pads = _avg_setup(
-        input_shape, 2, kernel_size, stride, padding, ceil_mode, divisor_override, "input_shape"
+        input_shape, dims, kernel_size, stride, padding, ceil_mode, divisor_override, "input_shape"
     )
-    expected = input_shape[:-2] + out_shape
+    expected = input_shape[:-dims] + out_shape
     if tuple(grad_output.shape) != expected:
         raise ValueError(
             f"grad_output: expected shape {expected} (the output's shape), "
             f"got {tuple(grad_output.shape)}"
         )
-    unbatched = len(input_shape) == 3
     g = grad_output[None] if unbatched else grad_output
     xp = get_array_module(g)
     cdt = compute_dtype(g.dtype)
@@ -730,121 +769,373 @@ def avg_pool2d_backward(
     gf = gs.reshape((planes,) + out_shape)
     for blk in _plane_blocks(xp, planes, math.prod(out_shape) * cdt.itemsize):
         gb = gf[blk]
-        for _, v in _tap_views(gin[blk], out_shape, kernel, stride_t, (1, 1)):
+        for _, v in _tap_views(gin[blk], out_shape, kernel, stride_t, (1,) * dims):
             v += gb
     gin = gin.reshape(g.shape[:2] + padded)
     gin = _crop(gin, pads, in_shape).astype(grad_output.dtype, copy=False)
     return gin[0] if unbatched else gin
 
 
-# -- adaptive average pooling ------------------------------------------------------------------
-def _adaptive_size(output_size: Any, in_shape: tuple[int, int]) -> tuple[int, int]:
-    if isinstance(output_size, Sequence) and not isinstance(output_size, str):
-        if len(output_size) != 2:
-            raise ValueError(
-                f"output_size: expected an int or a pair (None keeps the input size), "
-                f"got {tuple(output_size)!r}"
-            )
+_AVG_DOC = """{dims}-d average pooling, PyTorch's ``avg_pool{dims}d``.
+
+    ``y[n, c, o] = (sum_t x_pad[n, c, o*s + t]) / divisor(o)``, ``x_pad`` being ``x``
+    zero-padded; the divisor follows PyTorch (see :func:`_avg_divisor`): the window's
+    cell count with or without padding, or ``divisor_override``.
+
+    Parameters
+    ----------
+    x : ndarray, shape {shape} or without the batch axis N
+        float16/32/64; only N may be 0.
+    kernel_size, stride, padding : int or tuple of ints
+        A 1-tuple stands for every dimension; ``stride`` None or () means
+        ``kernel_size``; ``padding <= kernel_size // 2``.
+    ceil_mode : bool
+        Round the output size up (the last window must start inside x or its left padding).
+    count_include_pad : bool
+        Count zero-padding cells in the divisor.{divisor}
+
+    Returns
+    -------
+    ndarray, shape (N, C, *O) or (C, *O)
+        Same dtype as ``x``.
+    """
+
+_AVG_BACKWARD_DOC = """Gradient of :func:`avg_pool{dims}d` with respect to its input.
+
+    ``dx[n, c, i] = sum over windows o containing i of dy[n, c, o] / divisor(o)``
+    (``dx_pad[o*s + t] += dy[o] / divisor(o)`` for every tap ``t``, then the padding is
+    cropped away).
+
+    Parameters
+    ----------
+    grad_output : ndarray, the forward's output shape
+    input_shape : tuple of ints
+        The shape of the forward's ``x``.
+    kernel_size, stride, padding, ceil_mode, count_include_pad{names}
+        As given to the forward.
+
+    Returns
+    -------
+    ndarray, shape input_shape
+    """
+
+_DIVISOR_DOC = """
+    divisor_override : int, optional
+        A fixed non-zero divisor."""
+
+
+def avg_pool1d(
+    x: Any,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> Any:
+    return _avg_pool(x, 1, kernel_size, stride, padding, ceil_mode, count_include_pad, None)
+
+
+def avg_pool1d_backward(
+    grad_output: Any,
+    input_shape: Sequence[int],
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> Any:
+    return _avg_pool_backward(
+        grad_output, input_shape, 1, kernel_size, stride, padding, ceil_mode,
+        count_include_pad, None,
+    )  # fmt: skip
+
+
+def avg_pool2d(
+    x: Any,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> Any:
+    return _avg_pool(
+        x, 2, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
+
+
+def avg_pool2d_backward(
+    grad_output: Any,
+    input_shape: Sequence[int],
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> Any:
+    return _avg_pool_backward(
+        grad_output, input_shape, 2, kernel_size, stride, padding, ceil_mode,
+        count_include_pad, divisor_override,
+    )  # fmt: skip
+
+
+def avg_pool3d(
+    x: Any,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> Any:
+    return _avg_pool(
+        x, 3, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
+
+
+def avg_pool3d_backward(
+    grad_output: Any,
+    input_shape: Sequence[int],
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> Any:
+    return _avg_pool_backward(
+        grad_output, input_shape, 3, kernel_size, stride, padding, ceil_mode,
+        count_include_pad, divisor_override,
+    )  # fmt: skip
+
+
+for _dims, _shape, _fwd, _bwd in (
+    (1, "(N, C, L)", avg_pool1d, avg_pool1d_backward),
+    (2, "(N, C, H, W)", avg_pool2d, avg_pool2d_backward),
+    (3, "(N, C, D, H, W)", avg_pool3d, avg_pool3d_backward),
+):
+    _fwd.__doc__ = _AVG_DOC.format(
+        dims=_dims, shape=_shape, divisor=_DIVISOR_DOC if _dims > 1 else ""
+    )
+    _bwd.__doc__ = _AVG_BACKWARD_DOC.format(
+        dims=_dims, names=", divisor_override" if _dims > 1 else ""
+    )
+
+
+# -- max pooling, named per rank -------------------------------------------------------------
+def max_pool1d(
+    x: Any,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> Any:
+    """PyTorch's ``max_pool1d``: :func:`max_pool` with ``dims=1`` (x (N, C, L) or (C, L))."""
+    return max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 1)
+
+
+def max_pool2d(
+    x: Any,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> Any:
+    """PyTorch's ``max_pool2d``: :func:`max_pool` with ``dims=2`` (x (N, C, H, W) or (C, H, W))."""
+    return max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 2)
+
+
+def max_pool3d(
+    x: Any,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> Any:
+    """PyTorch's ``max_pool3d``: :func:`max_pool` with ``dims=3`` (x (N, C, D, H, W) or
+    (C, D, H, W))."""
+    return max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 3)
+
+
+# -- adaptive pooling ----------------------------------------------------------------------------
+def _adaptive_size(output_size: Any, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """PyTorch's output_size: an int, or a tuple of one size per dimension; None (rank 2
+    and 3 only) keeps that input size; 0 gives an empty output."""
+    dims = len(in_shape)
+    if _is_seq(output_size):
         sizes = tuple(output_size)
+        if len(sizes) != dims:
+            raise ValueError(f"output_size: expected an int or {dims} sizes, got {sizes!r}")
     else:
-        sizes = (output_size, output_size)
+        if output_size is None:
+            raise TypeError(f"output_size: expected an int or a tuple of {dims} sizes, got None")
+        sizes = (output_size,) * dims
+    what = "non-negative ints" + (" or None" if dims > 1 else "")
     out = []
     for s, n in zip(sizes, in_shape, strict=True):
-        if s is None:
+        if s is None and dims > 1:
             out.append(n)
             continue
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
-            raise TypeError(
-                f"output_size: expected positive ints or None, got {type(s).__name__} {s!r}"
-            )
-        if s < 1:
-            raise ValueError(f"output_size: expected positive ints or None, got {output_size!r}")
+            raise TypeError(f"output_size: expected {what}, got {type(s).__name__} {s!r}")
+        if s < 0:
+            raise ValueError(f"output_size: expected {what}, got {output_size!r}")
         out.append(int(s))
-    return out[0], out[1]
+    return tuple(out)
+
+
+def _adaptive_bounds(n: int, o: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bin i covers [floor(i n / o), ceil((i+1) n / o)) (PyTorch's rule); (starts, ends)."""
+    i = np.arange(o, dtype=np.int64)
+    return (i * n) // o, -((-(i + 1) * n) // o)
 
 
 def _adaptive_bins(n: int, o: int) -> tuple[np.ndarray, np.ndarray]:
-    """0/1 matrix B (o, n) with B[i, j] = 1 for j in [floor(i n / o), ceil((i+1) n / o)),
-    and the bin lengths (o,)."""
-    i = np.arange(o, dtype=np.int64)
-    start = (i * n) // o
-    end = -((-(i + 1) * n) // o)
+    """0/1 matrix B (o, n) with B[i, j] = 1 for j in bin i, and the bin lengths (o,)."""
+    start, end = _adaptive_bounds(n, o)
     j = np.arange(n, dtype=np.int64)
     member = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])
     return member, end - start
 
 
+def _separable_product(xp: Any, a: Any, mats: list[Any]) -> Any:
+    """``a`` (..., n_1, ..., n_d) times ``mats[k]`` (o_k, n_k) along each spatial axis k
+    (None: that axis is kept as it is), as one BLAS product per axis.
+
+    Each step contracts the last axis, ``(L, n) @ M^T``, and rotates the result's last
+    axis to the front of the spatial block, so after d steps the axes are back in order
+    (a broadcast ``matmul`` or ``tensordot`` on strided views runs many small products).
+    """
+    dims = len(mats)
+    if all(m is None for m in mats):
+        return xp.array(a, copy=True)
+    front = a.ndim - dims
+    for m in reversed(mats):
+        if m is not None:
+            n = a.shape[-1]
+            rows = math.prod(a.shape[:-1])  # explicit: -1 is ambiguous for empty arrays
+            a = (a.reshape(rows, n) @ m.T).reshape(a.shape[:-1] + (m.shape[0],))
+        if dims > 1:
+            a = xp.moveaxis(a, -1, front)
+    return xp.ascontiguousarray(a)
+
+
 def _bin_product(xp: Any, a: Any, bh: Any, bw: Any) -> Any:
     """bh a bw^T over the last two axes of a (..., H, W), as two single BLAS products.
 
-    (A broadcast ``matmul`` would call one small product per (n, c) plane.)
+    (The 2-d case of :func:`_separable_product` with one copy fewer: ~1.5x faster.)
     """
     lead = a.shape[:-2]
     h, w = a.shape[-2:]
-    t = a.reshape(-1, w) @ bw.T  # (L*H, W') : one GEMM
-    t = t.reshape((-1, h, bw.shape[0]))
+    lead_size = math.prod(lead)  # explicit sizes: -1 is ambiguous for empty arrays
+    t = a.reshape(lead_size * h, w) @ bw.T  # (L*H, W') : one GEMM
+    t = t.reshape((lead_size, h, bw.shape[0]))
     t = xp.tensordot(bh, t, axes=([1], [1]))  # (H', L, W')
     return xp.moveaxis(t, 0, -2).reshape(lead + (bh.shape[0], bw.shape[0]))
 
 
-def _adaptive_setup(x_shape, output_size, name):
-    if len(x_shape) not in (3, 4):
+def _adaptive_input(x_shape, dims, output_size, name, zero_channels):
+    rank = len(x_shape)
+    if rank not in (dims + 1, dims + 2):
         raise ValueError(
-            f"{name}: expected a 4-d (N, C, H, W) or 3-d (C, H, W) array, got shape {x_shape}"
+            f"{name}: expected a {dims + 2}-d (N, C, *spatial) or {dims + 1}-d (C, *spatial) "
+            f"array for {dims}-d adaptive pooling, got shape {tuple(x_shape)}"
         )
-    in_shape = tuple(x_shape[-2:])
-    if any(n < 1 for n in in_shape):
-        raise ValueError(f"{name}: expected a non-empty spatial size, got {in_shape}")
+    _check_sizes(tuple(x_shape), rank == dims + 1, name, adaptive=True, zero_channels=zero_channels)
+    in_shape = tuple(x_shape[-dims:])
     return in_shape, _adaptive_size(output_size, in_shape)
 
 
-def adaptive_avg_pool2d(x: Any, output_size: int | None | Sequence[int | None]) -> Any:
-    """2-d adaptive average pooling, PyTorch's ``adaptive_avg_pool2d``.
+def _bin_matrices(xp, in_shape, out, dtype, transpose=False):
+    """Per dimension the averaging matrix B_d / c_d (o, n), or None where o == n."""
+    mats = []
+    for n, o in zip(in_shape, out, strict=True):
+        if n == o:  # every bin is one cell
+            mats.append(None)
+            continue
+        member, lengths = _adaptive_bins(n, o)
+        m = member / np.maximum(lengths, 1)[:, None]
+        mats.append(xp.asarray((m.T if transpose else m).astype(dtype)))
+    return mats
 
-    Output cell (i, j) averages rows ``[floor(i H / H_out), ceil((i+1) H / H_out))`` and
-    the columns chosen likewise. With 0/1 bin matrices ``B_h`` (H_out, H) and ``B_w``
-    (W_out, W) and bin lengths ``c_h``, ``c_w``::
 
-        y = (B_h x B_w^T) / (c_h c_w^T)
-
-    computed as two matrix products (BLAS) rather than a loop over bins.
-
-    Parameters
-    ----------
-    x : ndarray, shape (N, C, H, W) or (C, H, W)
-    output_size : int or (int or None, int or None)
-        None keeps that input dimension.
-
-    Returns
-    -------
-    ndarray, shape (N, C, H_out, W_out) or (C, H_out, W_out)
-    """
+def _adaptive_avg_pool(x: Any, dims: int, output_size: Any) -> Any:
+    """N-d adaptive average pooling; see :func:`adaptive_avg_pool2d`."""
     x = as_float_array(x, "x")
-    in_shape, out = _adaptive_setup(tuple(x.shape), output_size, "x")
+    in_shape, out = _adaptive_input(tuple(x.shape), dims, output_size, "x", dims < 3)
     xp = get_array_module(x)
-    if out == in_shape:  # every bin is one cell
-        return x.copy()
     cdt = compute_dtype(x.dtype)
-    xc = x.astype(cdt, copy=False)
-    bh, ch = _adaptive_bins(in_shape[0], out[0])
-    bw, cw = _adaptive_bins(in_shape[1], out[1])
-    bh, bw = xp.asarray(bh.astype(cdt)), xp.asarray(bw.astype(cdt))
-    y = _bin_product(xp, xc, bh, bw) / xp.asarray(np.outer(ch, cw).astype(cdt))
+    mats = _bin_matrices(xp, in_shape, out, cdt)
+    if dims == 2 and all(m is not None for m in mats):
+        y = _bin_product(xp, x.astype(cdt, copy=False), *mats)
+    else:
+        y = _separable_product(xp, x.astype(cdt, copy=False), mats)
     return y.astype(x.dtype, copy=False)
 
 
-def adaptive_avg_pool2d_backward(
-    grad_output: Any, input_shape: Sequence[int], output_size: Any = None
+def _adaptive_avg_pool_backward(
+    grad_output: Any, input_shape: Sequence[int], dims: int, output_size: Any
 ) -> Any:
-    """Gradient of :func:`adaptive_avg_pool2d` with respect to its input.
+    """N-d adaptive average pooling's input gradient; see :func:`adaptive_avg_pool2d_backward`."""
+    grad_output = as_float_array(grad_output, "grad_output")
+    input_shape = tuple(int(n) for n in input_shape)
+    if output_size is None:
+        output_size = tuple(grad_output.shape[-dims:])
+    in_shape, out = _adaptive_input(input_shape, dims, output_size, "input_shape", dims < 3)
+    expected = input_shape[:-dims] + out
+    if tuple(grad_output.shape) != expected:
+        raise ValueError(
+            f"grad_output: expected shape {expected} (the output's shape), "
+            f"got {tuple(grad_output.shape)}"
+        )
+    xp = get_array_module(grad_output)
+    cdt = compute_dtype(grad_output.dtype)
+    mats = _bin_matrices(xp, in_shape, out, cdt, transpose=True)
+    if dims == 2 and all(m is not None for m in mats):
+        gx = xp.ascontiguousarray(_bin_product(xp, grad_output.astype(cdt, copy=False), *mats))
+    else:
+        gx = _separable_product(xp, grad_output.astype(cdt, copy=False), mats)
+    return gx.astype(grad_output.dtype, copy=False)
 
-    With the notation of the forward, ``y = B_h x B_w^T / (c_h c_w^T)`` is linear in x, so::
 
-        dx = B_h^T (dy / (c_h c_w^T)) B_w
+_ADAPTIVE_AVG_DOC = """{dims}-d adaptive average pooling, PyTorch's ``adaptive_avg_pool{dims}d``.
+
+    Output cell ``i`` averages, in each spatial dimension of size ``n`` pooled to ``o``,
+    the input cells ``[floor(i n / o), ceil((i+1) n / o))``. With the averaging matrix
+    ``A_d = B_d / c_d`` (``B_d`` the 0/1 bin membership (o, n), ``c_d`` the bin
+    lengths) of each dimension, the pooling is separable::
+
+        y = x  x_1 A_1  x_2 A_2 ...      (a product with A_d along spatial axis d)
+
+    computed as one matrix product (BLAS) per dimension rather than a loop over bins.
 
     Parameters
     ----------
-    grad_output : ndarray, shape (N, C, H_out, W_out) or (C, H_out, W_out)
+    x : ndarray, shape {shape} or without the batch axis N
+        float16/32/64. N may be 0, and so may the channels{channels}.
+    output_size : {size_type}
+        0 gives an empty output.{none_note}
+
+    Returns
+    -------
+    ndarray, shape (N, C, *output_size) or (C, *output_size)
+    """
+
+_ADAPTIVE_AVG_BACKWARD_DOC = """Gradient of :func:`adaptive_avg_pool{dims}d` with respect to x.
+
+    The forward ``y = x x_1 A_1 x_2 A_2 ...`` is linear in x, so
+    ``dx = dy x_1 A_1^T x_2 A_2^T ...``.
+
+    Parameters
+    ----------
+    grad_output : ndarray, the forward's output shape
     input_shape : tuple of ints
         The shape of the forward's ``x``.
     output_size : optional
@@ -854,24 +1145,234 @@ def adaptive_avg_pool2d_backward(
     -------
     ndarray, shape input_shape
     """
+
+
+def adaptive_avg_pool1d(x: Any, output_size: int | Sequence[int]) -> Any:
+    return _adaptive_avg_pool(x, 1, output_size)
+
+
+def adaptive_avg_pool1d_backward(
+    grad_output: Any, input_shape: Sequence[int], output_size: Any = None
+) -> Any:
+    return _adaptive_avg_pool_backward(grad_output, input_shape, 1, output_size)
+
+
+def adaptive_avg_pool2d(x: Any, output_size: int | Sequence[int | None]) -> Any:
+    return _adaptive_avg_pool(x, 2, output_size)
+
+
+def adaptive_avg_pool2d_backward(
+    grad_output: Any, input_shape: Sequence[int], output_size: Any = None
+) -> Any:
+    return _adaptive_avg_pool_backward(grad_output, input_shape, 2, output_size)
+
+
+def adaptive_avg_pool3d(x: Any, output_size: int | Sequence[int | None]) -> Any:
+    return _adaptive_avg_pool(x, 3, output_size)
+
+
+def adaptive_avg_pool3d_backward(
+    grad_output: Any, input_shape: Sequence[int], output_size: Any = None
+) -> Any:
+    return _adaptive_avg_pool_backward(grad_output, input_shape, 3, output_size)
+
+
+for _dims, _shape, _fwd, _bwd in (
+    (1, "(N, C, L)", adaptive_avg_pool1d, adaptive_avg_pool1d_backward),
+    (2, "(N, C, H, W)", adaptive_avg_pool2d, adaptive_avg_pool2d_backward),
+    (3, "(N, C, D, H, W)", adaptive_avg_pool3d, adaptive_avg_pool3d_backward),
+):
+    _fwd.__doc__ = _ADAPTIVE_AVG_DOC.format(
+        dims=_dims,
+        shape=_shape,
+        channels=" (as in PyTorch)" if _dims < 3 else " of an unbatched x (as in PyTorch)",
+        size_type="int or (int,)" if _dims == 1 else f"int or {_dims} ints or Nones",
+        none_note="" if _dims == 1 else " None keeps that input size.",
+    )
+    _bwd.__doc__ = _ADAPTIVE_AVG_BACKWARD_DOC.format(dims=_dims)
+
+
+def _adaptive_max_pool(x: Any, dims: int, output_size: Any, return_indices: bool) -> Any:
+    """N-d adaptive max pooling; see :func:`adaptive_max_pool2d`."""
+    x = as_float_array(x, "x")
+    in_shape, out = _adaptive_input(tuple(x.shape), dims, output_size, "x", False)
+    xp = get_array_module(x)
+    unbatched = x.ndim == dims + 1
+    xb = x[None] if unbatched else x
+    lead = xb.shape[:2]
+    if math.prod(out) == 0 or math.prod(lead) == 0:
+        y = xp.empty(lead + out, dtype=x.dtype)
+        idx = xp.zeros(lead + out, dtype=np.int64)
+    else:
+        y, idx = _adaptive_max_taps(xb, in_shape, out)
+    if unbatched:
+        y, idx = y[0], idx[0]
+    return (y, idx) if return_indices else y
+
+
+def _adaptive_max_taps(xb: Any, in_shape: tuple[int, ...], out: tuple[int, ...]):
+    """The scan of PyTorch's CPU kernel, vectorised over output cells.
+
+    Dimension d's bin i is read at ``pos_d[i, t] = min(start_i + t, end_i - 1)`` for
+    ``t < K_d = max bin length``: shorter bins repeat their last cell, which cannot change
+    the maximum or its index. Taps come in row-major window order and a tap wins when
+    ``v > max or isnan(v)``, so ties go to the first maximum and NaN propagates.
+    """
+    xp = get_array_module(xb)
+    dims = len(in_shape)
+    pos, taps = [], []
+    for n, o in zip(in_shape, out, strict=True):
+        start, end = _adaptive_bounds(n, o)
+        k = int((end - start).max())
+        pos.append(np.minimum(start[:, None] + np.arange(k)[None, :], end[:, None] - 1))
+        taps.append(k)
+    plane_strides = [math.prod(in_shape[d + 1 :]) for d in range(dims)]
+    y = idx = None
+    for tap in np.ndindex(*taps):
+        index: tuple[Any, ...] = (slice(None), slice(None))
+        flat = np.zeros(out, dtype=np.int64)
+        for d, t in enumerate(tap):
+            shape = (1,) * d + (out[d],) + (1,) * (dims - d - 1)
+            p = pos[d][:, t].reshape(shape)
+            index += (xp.asarray(p),)
+            flat = flat + p * plane_strides[d]
+        v = xb[index]
+        flat_x = xp.asarray(flat)
+        if y is None:
+            y = v.copy()
+            idx = xp.broadcast_to(flat_x, v.shape).copy()
+            continue
+        take = (v > y) | xp.isnan(v)
+        y = xp.where(take, v, y)
+        idx = xp.where(take, flat_x, idx)
+    return y, idx
+
+
+def _adaptive_max_pool_backward(
+    grad_output: Any, indices: Any, input_shape: Sequence[int], dims: int
+) -> Any:
+    """N-d adaptive max pooling's input gradient; see :func:`adaptive_max_pool2d_backward`."""
     grad_output = as_float_array(grad_output, "grad_output")
     input_shape = tuple(int(n) for n in input_shape)
-    if output_size is None:
-        output_size = tuple(grad_output.shape[-2:])
-    in_shape, out = _adaptive_setup(input_shape, output_size, "input_shape")
-    expected = input_shape[:-2] + out
-    if tuple(grad_output.shape) != expected:
+    rank = len(input_shape)
+    if rank not in (dims + 1, dims + 2):
         raise ValueError(
-            f"grad_output: expected shape {expected} (the output's shape), "
+            f"input_shape: expected {dims + 2} (N, C, *spatial) or {dims + 1} (C, *spatial) "
+            f"entries for {dims}-d adaptive pooling, got {input_shape}"
+        )
+    _check_sizes(input_shape, rank == dims + 1, "input_shape", adaptive=True, zero_channels=False)
+    lead = input_shape[:-dims]
+    if tuple(grad_output.shape[:-dims]) != lead or grad_output.ndim != rank:
+        raise ValueError(
+            f"grad_output: expected shape {lead} + output_size (the output's shape), "
             f"got {tuple(grad_output.shape)}"
         )
-    xp = get_array_module(grad_output)
-    if out == in_shape:
-        return grad_output.copy()
+    if not hasattr(indices, "shape") or tuple(indices.shape) != tuple(grad_output.shape):
+        got = tuple(indices.shape) if hasattr(indices, "shape") else type(indices).__name__
+        raise ValueError(f"indices: expected shape {tuple(grad_output.shape)}, got {got}")
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"indices: expected an integer array, got dtype {indices.dtype}")
+    plane = math.prod(input_shape[-dims:])
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= plane):
+        raise ValueError(
+            f"indices: expected flat positions in [0, {plane}) of each input plane "
+            f"(as adaptive_max_pool{dims}d(..., return_indices=True) returns), got some outside"
+        )
+    xp = get_array_module(grad_output, indices)
+    planes = math.prod(lead)
     cdt = compute_dtype(grad_output.dtype)
-    bh, ch = _adaptive_bins(in_shape[0], out[0])
-    bw, cw = _adaptive_bins(in_shape[1], out[1])
-    bh, bw = xp.asarray(bh.astype(cdt)), xp.asarray(bw.astype(cdt))
-    gs = grad_output.astype(cdt) / xp.asarray(np.outer(ch, cw).astype(cdt))
-    gx = xp.ascontiguousarray(_bin_product(xp, gs, bh.T, bw.T))
-    return gx.astype(grad_output.dtype, copy=False)
+    outs = math.prod(grad_output.shape[-dims:])
+    g = grad_output.reshape(planes, outs)
+    offsets = (xp.arange(planes, dtype=np.int64) * plane)[:, None]
+    pos = indices.reshape(planes, outs).astype(np.int64) + offsets
+    # Bins may overlap (and with o > n several outputs share a cell): the gradients add.
+    gx = xp.bincount(pos.ravel(), weights=g.ravel().astype(np.float64), minlength=planes * plane)
+    return gx.astype(cdt).reshape(input_shape).astype(grad_output.dtype, copy=False)
+
+
+_ADAPTIVE_MAX_DOC = """{dims}-d adaptive max pooling, PyTorch's ``adaptive_max_pool{dims}d``.
+
+    Output cell ``i`` is the maximum of the input cells ``[floor(i n / o),
+    ceil((i+1) n / o))`` in each spatial dimension (size ``n`` pooled to ``o``). Ties go to
+    the first maximum in row-major window order and a NaN wins, as in PyTorch's CPU kernel.
+
+    Parameters
+    ----------
+    x : ndarray, shape {shape} or without the batch axis N
+        float16/32/64. N may be 0, and so may the channels of an unbatched x.
+    output_size : {size_type}
+        0 gives an empty output.{none_note}
+    return_indices : bool
+        Also return PyTorch's indices: int64, the flat position of each maximum in its
+        (n, c) input plane.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, *output_size) or (C, *output_size), dtype of x
+    indices : ndarray of int64, shape of y
+        Only with ``return_indices``.
+    """
+
+_ADAPTIVE_MAX_BACKWARD_DOC = """Gradient of :func:`adaptive_max_pool{dims}d` with respect to x.
+
+    ``dx[n, c, i] = sum of dy[n, c, o] over the outputs o whose maximum is at i``
+    (``indices[n, c, o] == i``); overlapping bins add up. On NumPy the scatter is one
+    float64 ``bincount`` (deterministic); CuPy's adds with atomics.
+
+    Parameters
+    ----------
+    grad_output : ndarray, the forward's output shape
+    indices : integer ndarray, shape of grad_output
+        From ``adaptive_max_pool{dims}d(..., return_indices=True)``.
+    input_shape : tuple of ints
+        The shape of the forward's ``x``.
+
+    Returns
+    -------
+    ndarray, shape input_shape, dtype of grad_output
+    """
+
+
+def adaptive_max_pool1d(
+    x: Any, output_size: int | Sequence[int], return_indices: bool = False
+) -> Any:
+    return _adaptive_max_pool(x, 1, output_size, return_indices)
+
+
+def adaptive_max_pool1d_backward(grad_output: Any, indices: Any, input_shape: Sequence[int]) -> Any:
+    return _adaptive_max_pool_backward(grad_output, indices, input_shape, 1)
+
+
+def adaptive_max_pool2d(
+    x: Any, output_size: int | Sequence[int | None], return_indices: bool = False
+) -> Any:
+    return _adaptive_max_pool(x, 2, output_size, return_indices)
+
+
+def adaptive_max_pool2d_backward(grad_output: Any, indices: Any, input_shape: Sequence[int]) -> Any:
+    return _adaptive_max_pool_backward(grad_output, indices, input_shape, 2)
+
+
+def adaptive_max_pool3d(
+    x: Any, output_size: int | Sequence[int | None], return_indices: bool = False
+) -> Any:
+    return _adaptive_max_pool(x, 3, output_size, return_indices)
+
+
+def adaptive_max_pool3d_backward(grad_output: Any, indices: Any, input_shape: Sequence[int]) -> Any:
+    return _adaptive_max_pool_backward(grad_output, indices, input_shape, 3)
+
+
+for _dims, _shape, _fwd, _bwd in (
+    (1, "(N, C, L)", adaptive_max_pool1d, adaptive_max_pool1d_backward),
+    (2, "(N, C, H, W)", adaptive_max_pool2d, adaptive_max_pool2d_backward),
+    (3, "(N, C, D, H, W)", adaptive_max_pool3d, adaptive_max_pool3d_backward),
+):
+    _fwd.__doc__ = _ADAPTIVE_MAX_DOC.format(
+        dims=_dims,
+        shape=_shape,
+        size_type="int or (int,)" if _dims == 1 else f"int or {_dims} ints or Nones",
+        none_note="" if _dims == 1 else " None keeps that input size.",
+    )
+    _bwd.__doc__ = _ADAPTIVE_MAX_BACKWARD_DOC.format(dims=_dims)
+del _dims, _shape, _fwd, _bwd

@@ -17,7 +17,7 @@ from foldconv.nn.linear import Flatten, Linear
 from foldconv.nn.loss import CrossEntropyLoss, MSELoss, NLLLoss
 from foldconv.nn.lrn import LocalResponseNorm
 from foldconv.nn.module import Module, Parameter, Sequential
-from foldconv.nn.normalization import BatchNorm1d, BatchNorm2d
+from foldconv.nn.normalization import BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm
 from foldconv.nn.padding import (
     CircularPad1d,
     CircularPad2d,
@@ -36,16 +36,31 @@ from foldconv.nn.padding import (
     ZeroPad3d,
 )
 from foldconv.nn.pixel_shuffle import PixelShuffle, PixelUnshuffle
-from foldconv.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool1d, MaxPool2d, MaxPool3d
+from foldconv.nn.pooling import (
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AdaptiveAvgPool3d,
+    AdaptiveMaxPool1d,
+    AdaptiveMaxPool2d,
+    AdaptiveMaxPool3d,
+    AvgPool1d,
+    AvgPool2d,
+    AvgPool3d,
+    MaxPool1d,
+    MaxPool2d,
+    MaxPool3d,
+)
 from foldconv.nn.upsample import Upsample, UpsamplingBilinear2d, UpsamplingNearest2d
 
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
+    "BatchNorm3d",
     "CrossEntropyLoss",
     "Dropout",
     "Flatten",
     "GELU",
+    "GroupNorm",
     "LeakyReLU",
     "Linear",
     "LogSoftmax",
@@ -66,8 +81,15 @@ __all__ = [
     "Parameter",
     "Sequential",
     "manual_seed",
+    "AdaptiveAvgPool1d",
     "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
+    "AdaptiveMaxPool1d",
+    "AdaptiveMaxPool2d",
+    "AdaptiveMaxPool3d",
+    "AvgPool1d",
     "AvgPool2d",
+    "AvgPool3d",
     "LocalResponseNorm",
     "MaxPool1d",
     "MaxPool2d",
