@@ -299,6 +299,73 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# experiment
+# --------------------------------------------------------------------------------------------
+def _add_experiment(sub: Any) -> None:
+    from foldconv.experiments import DATASETS, EXPERIMENTS  # noqa: PLC0415
+
+    p = sub.add_parser(
+        "experiment",
+        help="re-measure one of the AlexNet paper's claims at small scale",
+        description="Train the two arms of a small AlexNet-like network that differ only in "
+        "the property under test (same initial weights and data order per seed), for several "
+        "seeds; print the spread and write NAME.json and NAME.png into --out. "
+        "relu-vs-tanh: epochs to 25%% training error (Figure 1); lrn: with and without local "
+        "response normalisation; overlapping-pool: 3x3 stride 2 against 2x2 stride 2; "
+        "dropout: with and without dropout 0.5. See docs/experiments.md.",
+    )
+    p.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME", help=", ".join(EXPERIMENTS))
+    p.add_argument("--dataset", default="digits", choices=list(DATASETS), help="default: digits")
+    p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument("--subset", type=_positive_int, default=None, help="training images to use")
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--lr", type=_positive_float, default=None, help="learning rate")
+    p.add_argument("--momentum", type=_nonneg_float, default=None)
+    p.add_argument("--weight-decay", type=_nonneg_float, default=None)
+    p.add_argument(
+        "--evals-per-epoch",
+        type=_positive_int,
+        default=None,
+        help="training-error measurements per epoch (default 8 for relu-vs-tanh, else 1)",
+    )
+    p.add_argument(
+        "--target-error", type=_positive_float, default=None, help="default 0.25 (a fraction)"
+    )
+    p.add_argument("--init", choices=["default", "he"], default=None, help="weight init")
+    p.add_argument(
+        "--out", default=None, help="output directory (default: runs/experiment-<name>-...)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_experiment)
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from foldconv.experiments import format_result, run_experiment  # noqa: PLC0415
+
+    result = run_experiment(
+        args.name,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        subset=args.subset,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        evals_per_epoch=args.evals_per_epoch,
+        target_error=args.target_error,
+        init=args.init,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    print(format_result(result))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
 # the parser
 # --------------------------------------------------------------------------------------------
 # Subcommands, in --help order.
@@ -308,6 +375,7 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_predict,
     _add_bench,
     _add_demo,
+    _add_experiment,
 ]
 
 
