@@ -366,6 +366,42 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# visualize
+# --------------------------------------------------------------------------------------------
+def _add_visualize(sub: Any) -> None:
+    p = sub.add_parser(
+        "visualize",
+        help="write each layer's activations for an image as PNG grids",
+        description="Run IMAGE (PNG, JPEG, ...; preprocessed as the checkpoint's test images "
+        "were) through CHECKPOINT (a .safetensors file or a run directory) and write one PNG "
+        "per layer into --out: the maps of each convolution, activation, normalisation and "
+        "pooling layer tiled on a grid (each map scaled to its own range), the values of "
+        "each fully connected layer on a square grid.",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument(
+        "--out", default=None, help="output directory (default: runs/feature-maps-<image>-...)"
+    )
+    p.set_defaults(handler=_cmd_visualize)
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from foldconv.feature_maps import visualize  # noqa: PLC0415
+
+    r = visualize(args.checkpoint, args.image, args.out)
+    print(f"checkpoint: {r['checkpoint']}")
+    for layer in r["layers"]:
+        shape = "x".join(str(s) for s in layer["shape"])
+        print(f"  {layer['name']:<16} {layer['type']:<18} {shape:<10} -> {layer['file']}")
+    if r["prediction"] is not None:
+        name, prob = r["prediction"]
+        print(f"prediction: {name} ({prob:.4f})")
+    print(f"{len(r['files'])} PNG files in {r['out']}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
 # the parser
 # --------------------------------------------------------------------------------------------
 # Subcommands, in --help order.
@@ -376,6 +412,7 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_bench,
     _add_demo,
     _add_experiment,
+    _add_visualize,
 ]
 
 
