@@ -289,7 +289,7 @@ def test_cli_runs_an_experiment(tmp_path, capsys):
     args += ["--batch-size", "32", "--out", str(tmp_path), "--no-progress"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "dropout on digits (64 training images, 1 epochs, seeds 0, 1)" in out
+    assert "dropout on digits (64 training images, 1 epoch, seeds 0, 1)" in out
     assert "without dropout" in out and "dropout 0.5" in out and "test error" in out
     assert (tmp_path / "dropout.json").is_file() and (tmp_path / "dropout.png").is_file()
 

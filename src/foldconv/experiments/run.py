@@ -658,7 +658,8 @@ def format_result(result: Mapping[str, Any]) -> str:
     cfg = result["config"]
     lines = [
         f"{result['experiment']} on {cfg['dataset']} ({cfg['train_size']} training images, "
-        f"{cfg['epochs']} epochs, seeds {', '.join(map(str, cfg['seeds']))})"
+        f"{cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}, "
+        f"seeds {', '.join(map(str, cfg['seeds']))})"
     ]
     for arm in result["arms"]:
         s = arm["spread"]
