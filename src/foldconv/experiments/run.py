@@ -712,8 +712,8 @@ def format_result(result: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 def plot_experiment(result: Mapping[str, Any]) -> bytes:
     """The PNG of an experiment: training error against epochs (left; each seed thin, the
-    mean of the seeds thick) and test error after each epoch (right; mean, with the band
-    from the best to the worst seed). Returns the PNG's bytes."""
+    mean of the seeds thick) and test error after each epoch (right, on a log scale; mean,
+    with the band from the best to the worst seed). Returns the PNG's bytes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
     from matplotlib.figure import Figure  # noqa: PLC0415
 
@@ -754,7 +754,17 @@ def plot_experiment(result: Mapping[str, Any]) -> bytes:
     right.set_ylabel("test error (%)")
     right.set_title(f"Test error ({cfg['test_size']} images; band: min-max over seeds)")
     for ax in (left, right):
-        ax.grid(alpha=0.3)
+        # A log scale shows the differences of a few tenths of a point at the end of
+        # training that a linear one squeezes onto the axis (when no error is zero).
+        lows = [float(np.min(line.get_ydata())) for line in ax.get_lines() if len(line.get_ydata())]
+        if lows and min(lows) > 0 and ax is right:
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: PLC0415
+
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3, which="both")
         ax.legend()
     fig.suptitle(
         f"{result['title']}\n{cfg['dataset']}, {cfg['train_size']} training images, "
