@@ -321,6 +321,109 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# experiment
+# --------------------------------------------------------------------------------------------
+def _add_experiment(sub: Any) -> None:
+    from foldconv.experiments import DATASETS, EXPERIMENTS  # noqa: PLC0415
+
+    p = sub.add_parser(
+        "experiment",
+        help="re-measure one of the AlexNet paper's claims at small scale",
+        description="Train the two arms of a small AlexNet-like network that differ only in "
+        "the property under test (same initial weights and data order per seed), for several "
+        "seeds; print the spread and write NAME.json and NAME.png into --out. "
+        "relu-vs-tanh: epochs to 25%% training error (Figure 1); lrn: with and without local "
+        "response normalisation; overlapping-pool: 3x3 stride 2 against 2x2 stride 2; "
+        "dropout: with and without dropout 0.5. See docs/experiments.md.",
+    )
+    p.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME", help=", ".join(EXPERIMENTS))
+    p.add_argument("--dataset", default="digits", choices=list(DATASETS), help="default: digits")
+    p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument("--subset", type=_positive_int, default=None, help="training images to use")
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--lr", type=_positive_float, default=None, help="learning rate")
+    p.add_argument("--momentum", type=_nonneg_float, default=None)
+    p.add_argument("--weight-decay", type=_nonneg_float, default=None)
+    p.add_argument(
+        "--evals-per-epoch",
+        type=_positive_int,
+        default=None,
+        help="training-error measurements per epoch (default 8 for relu-vs-tanh, else 1)",
+    )
+    p.add_argument(
+        "--target-error", type=_positive_float, default=None, help="default 0.25 (a fraction)"
+    )
+    p.add_argument("--init", choices=["default", "he"], default=None, help="weight init")
+    p.add_argument(
+        "--out", default=None, help="output directory (default: runs/experiment-<name>-...)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_experiment)
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from foldconv.experiments import format_result, run_experiment  # noqa: PLC0415
+
+    result = run_experiment(
+        args.name,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        subset=args.subset,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        evals_per_epoch=args.evals_per_epoch,
+        target_error=args.target_error,
+        init=args.init,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    print(format_result(result))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# visualize
+# --------------------------------------------------------------------------------------------
+def _add_visualize(sub: Any) -> None:
+    p = sub.add_parser(
+        "visualize",
+        help="write each layer's activations for an image as PNG grids",
+        description="Run IMAGE (PNG, JPEG, ...; preprocessed as the checkpoint's test images "
+        "were) through CHECKPOINT (a .safetensors file or a run directory) and write one PNG "
+        "per layer into --out: the maps of each convolution, activation, normalisation and "
+        "pooling layer tiled on a grid (each map scaled to its own range), the values of "
+        "each fully connected layer on a square grid.",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument(
+        "--out", default=None, help="output directory (default: runs/feature-maps-<image>-...)"
+    )
+    p.set_defaults(handler=_cmd_visualize)
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from foldconv.feature_maps import visualize  # noqa: PLC0415
+
+    r = visualize(args.checkpoint, args.image, args.out)
+    print(f"checkpoint: {r['checkpoint']}")
+    for layer in r["layers"]:
+        shape = "x".join(str(s) for s in layer["shape"])
+        print(f"  {layer['name']:<16} {layer['type']:<18} {shape:<10} -> {layer['file']}")
+    if r["prediction"] is not None:
+        name, prob = r["prediction"]
+        print(f"prediction: {name} ({prob:.4f})")
+    print(f"{len(r['files'])} PNG files in {r['out']}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
 # the parser
 # --------------------------------------------------------------------------------------------
 # Subcommands, in --help order.
@@ -330,6 +433,8 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_predict,
     _add_bench,
     _add_demo,
+    _add_experiment,
+    _add_visualize,
 ]
 
 
