@@ -1,0 +1,7 @@
+"""Seeing inside a model: :func:`summary` (shapes, parameters, multiply-adds, memory,
+the convolution algorithms ``auto`` picks) and :func:`gradcheck` (every hand-written
+backward against float64 central finite differences)."""
+
+from foldconv.inspect.summary import LayerSummary, ModelSummary, conv_layer_algorithms, summary
+
+__all__ = ["LayerSummary", "ModelSummary", "conv_layer_algorithms", "summary"]
