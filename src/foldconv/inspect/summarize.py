@@ -325,7 +325,7 @@ def summary(
 
     Notes
     -----
-    See :mod:`foldconv.inspect.summary` for how each number is obtained: two forwards
+    See :mod:`foldconv.inspect.summarize` for how each number is obtained: two forwards
     of a private copy on zero batches of 2 and 3 samples, each quantity extrapolated
     exactly to ``batch_size`` (it is affine in the batch).
     """
