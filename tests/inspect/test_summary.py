@@ -13,7 +13,7 @@ from foldconv.cli import main
 from foldconv.functional import dispatch
 from foldconv.inspect import ModelSummary, conv_layer_algorithms, summary
 from foldconv.inspect._trace import held_arrays, memory_root
-from foldconv.models import alexnet_paper, get_model, lenet5, resnet18, vgg11
+from foldconv.models import alexnet_paper, available_models, get_model, lenet5, resnet18, vgg11
 
 
 # -- PyTorch twins (for the parameter counts) -----------------------------------------------
@@ -372,3 +372,20 @@ def test_cli_summary_bad_input(capsys):
         main(["summary", "--input", "3,x,5"])
     assert e.value.code == 2
     assert "comma-separated" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in ("vgg16", "vgg11") else n
+        for n in available_models()
+    ],
+)
+def test_every_model(name):
+    model = get_model(name, rng=0)
+    size = model.input_size or model.min_input_size
+    s = summary(model, (model.in_channels, size, size), 4)
+    assert s.total_params == model.num_parameters()
+    assert s.layers[0].output_shape == (4, 10)
+    assert all(layer.calls == 1 for layer in s.layers)
+    assert not s.unknown_mult_adds and s.total_mult_adds > 0
