@@ -184,7 +184,13 @@ _SIZE = {"resnet18": 16}  # 8 leaves batch norm 2 values per channel (see the CL
     ],
 )
 def test_every_model_passes(name):
-    model = models.get_model(name, rng=0)
+    # The paper's init (weights N(0, 0.01²), biases 1) leaves AlexNet's output nearly
+    # independent of its input: ||dL/dx|| is 1e-3 of |L|, so the differences' rounding
+    # (~1e-16·|L| / h) puts the input-gradient check of the whole model at 5e-7 to 9.5e-7
+    # of ||dL/dx||, at the edge of rtol. The layers' code does not depend on the init:
+    # with PyTorch's init the same network is checked with a margin.
+    kwargs = {"init": "default"} if name == "alexnet_paper" else {}
+    model = models.get_model(name, rng=0, **kwargs)
     size = model.input_size or _SIZE.get(name, model.min_input_size)
     result = gradcheck(model, _x((2, model.in_channels, size, size)))
     assert result.passed, str(result)

@@ -22,9 +22,12 @@ float64:
 
 The reported error of an array is the worst of the two; it passes at <= ``rtol``. In
 float64 a correct backward agrees with the differences to 1e-8 or better on every layer
-of the model zoo (truncation h² f(3) / 6 ~ 1e-12, rounding 1e-16·|L| / h), so the
-default ``rtol = 1e-6`` leaves a margin of 100 and fails any mistake larger than that
-(the tests catch a weight gradient off by 0.01 %).
+of the model zoo checked on its own (truncation h² f(3) / 6 ~ 1e-12, rounding
+1e-16·|L| / h), so the default ``rtol = 1e-6`` leaves a margin and fails any mistake
+larger than that (the tests catch a weight gradient off by 0.01 %). The one measured
+exception is a badly conditioned whole model: ``alexnet_paper`` with the paper's init
+feels its input so little (||dL/dx|| ~ 1e-3·|L|) that its input gradient is checked to
+only 5e-7 to 1e-6, rounding limiting small steps and ReLU kinks large ones.
 
 Kinks and randomness
 --------------------
