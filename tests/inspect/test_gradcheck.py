@@ -215,3 +215,16 @@ def test_cli_gradcheck_fails_with_status_1(monkeypatch, capsys):
     assert main(["gradcheck", "--model", "broken"]) == 1
     out = capsys.readouterr().out
     assert "5 (MatMul)" in out and "FAIL" in out and "classifier.5" in out
+
+
+def test_a_crashing_backward_fails_and_is_named():
+    class Crash(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+        def backward(self, g):
+            raise RuntimeError("forgot to cache the input")
+
+    result = gradcheck(nn.Sequential(nn.Linear(3, 3, rng=0), Crash()), _x((2, 3)))
+    assert not result.passed and "1" in result.failures
+    assert "RuntimeError: forgot to cache the input" in str(result)

@@ -395,6 +395,9 @@ def gradcheck(
                 lc.checks = checker.check(mod, inp, groups, state)
             except _Skip as e:
                 lc.skipped = str(e)
+            except Exception as e:  # a user's forward or backward that crashes fails
+                message = f"raised {type(e).__name__}: {e}"
+                lc.checks = [ArrayCheck("backward", (), math.inf, False, message)]
     finally:
         state.rewind()  # the global generators back where the user left them
     return GradcheckResult(type(module).__name__, layers, float(rtol), float(eps))

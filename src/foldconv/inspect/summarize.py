@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -157,8 +157,6 @@ class ModelSummary:
 
     def to_dict(self) -> dict[str, Any]:
         """The numbers as plain Python values (for JSON)."""
-        from dataclasses import asdict  # noqa: PLC0415
-
         return asdict(self)
 
 
@@ -166,7 +164,7 @@ class ModelSummary:
 # multiply-adds and algorithms
 # ----------------------------------------------------------------------------------------
 def _conv_geometry(layer: _ConvNd, in_shape: tuple[int, ...]):
-    """The layer's ConvGeometry for a batched input shape (None for unbatched input)."""
+    """The layer's ConvGeometry for an input shape ((C, *S) counts as a batch of one)."""
     nd = layer._ndim
     if len(in_shape) != nd + 2:
         in_shape = (1,) + tuple(in_shape)
@@ -255,7 +253,7 @@ def _shape_at(s2, s3, n: int):
     return tuple(_affine(a, b, n) for a, b in zip(s2, s3, strict=True))
 
 
-def _probe(model: Module, sample_shape: tuple[int, ...], batch: int, dtype: Any, xp: Any):
+def _probe(model: Module, sample_shape: tuple[int, ...], dtype: Any, xp: Any):
     """Two traced forwards at batches 2 and 3; per module and call, the shapes and bytes."""
     results = []
     for b in _PROBES:
@@ -356,7 +354,7 @@ def summary(
     dtype = np.dtype(dtype)
     xp = get_array_module(params[0].data) if params else np
 
-    p2, p3 = _probe(model, shape, n, dtype, xp)
+    p2, p3 = _probe(model, shape, dtype, xp)
     layers: list[LayerSummary] = []
     unknown: list[str] = []
     total_mult_adds = 0
