@@ -448,7 +448,11 @@ _SHORT = {"im2col": "im2col", "winograd": "wino", "depthwise": "dw", "full_conv"
 
 
 def _mb(nbytes: int) -> str:
-    return f"{nbytes / 1e6:,.2f} MB"
+    """Bytes in decimal units (as torchinfo): 512 B, 3.07 kB, 148.68 MB, 1.23 GB."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= size:
+            return f"{nbytes / size:,.2f} {unit}"
+    return f"{nbytes} B"
 
 
 def _count(v: int | None, container: bool = False) -> str:
@@ -503,9 +507,10 @@ def format_summary(s: ModelSummary) -> str:
     align = ["<", "<", ">", ">", ">", ">", "<"]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths, strict=True))
+        cells = [f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths, strict=True)]
+        return "  ".join(cells).rstrip()
 
-    rule = "=" * len(line(head))
+    rule = "=" * max(len(line(r)) for r in rows + [head])
     out = [rule, line(head), rule]
     out += [line(r) for r in rows]
     out.append(rule)
