@@ -201,12 +201,18 @@ class _Checker:
 
         def along(v: list[Any], h: float) -> float:
             originals = [p.data for p in slots]
+            # One buffer per array for both points (AlexNet's fc6 is 300 MB in float64):
+            # (±h·d) + a rounds exactly as a ± h·d.
+            bufs = [xp.empty_like(a) for a in originals]
             try:
-                for p, a, d in zip(slots, originals, v, strict=True):
-                    p.data = a + h * d
+                for p, a, d, b in zip(slots, originals, v, bufs, strict=True):
+                    xp.multiply(d, h, out=b)
+                    b += a
+                    p.data = b
                 plus = loss()
-                for p, a, d in zip(slots, originals, v, strict=True):
-                    p.data = a - h * d
+                for a, d, b in zip(originals, v, bufs, strict=True):
+                    xp.multiply(d, -h, out=b)
+                    b += a
                 minus = loss()
             finally:
                 for p, a in zip(slots, originals, strict=True):
