@@ -314,8 +314,9 @@ def gradcheck(
         Any module with ``forward(x)`` and ``backward(grad_output)`` (returning dL/dx and
         accumulating parameter gradients), e.g. a model of ``foldconv.models`` or a
         user's own layer. It is not changed.
-    x : ndarray
-        The input to check the model at (converted to float64). Avoid inputs sitting on
+    x : ndarray, shape (N, *sample shape)
+        The input to check the model at (converted to float64); a batch of 2 or more
+        for batch norm in training. Avoid inputs sitting on
         a kink of the model itself (a ReLU model at x = 0); random normal inputs do.
     rtol : float
         Largest relative error that passes (see the module docstring).
