@@ -28,6 +28,10 @@ def __getattr__(name: str):
         from foldconv import trainer
 
         return getattr(trainer, name)
+    if name in ("summary", "gradcheck"):
+        from foldconv import inspect
+
+        return getattr(inspect, name)
     raise AttributeError(f"module 'foldconv' has no attribute {name!r}")
 
 
@@ -47,10 +51,12 @@ __all__ = [
     "get_compiled",
     "get_num_threads",
     "get_workspace_limit",
+    "gradcheck",
     "predict",
     "set_benchmark",
     "set_compiled",
     "set_num_threads",
     "set_workspace_limit",
+    "summary",
     "train",
 ]

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from foldconv.backend import get_array_module
 from foldconv.functional import depthwise, depthwise_compiled, im2col, winograd
 from foldconv.functional._args import ConvGeometry
@@ -228,6 +230,35 @@ def cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
         if pass_ == "input_grad" and min(g.padded_shape) >= 24:
             return "winograd"
     return "im2col"
+
+
+def auto_algorithm(pass_: str, g: ConvGeometry, dtype: Any, xp: Any = None) -> str | None:
+    """The algorithm ``algorithm='auto'`` runs for one pass, found without running it.
+
+    The decision :func:`select` makes, exposed for inspection (``foldconv.summary`` shows
+    it per layer): with the autotuner off, the cost model's choice (:func:`cost_model`);
+    with it on (:func:`set_benchmark`), the fastest algorithm already timed for this pass,
+    geometry, dtype and array module, or None when none has been timed yet (the first
+    call will time every candidate).
+
+    Parameters
+    ----------
+    pass_ : {'forward', 'input_grad', 'weight_grad'}
+    g : ConvGeometry
+        Of the convolution (for a transposed convolution, the convolution it is the
+        transpose of: its forward is that one's ``input_grad`` pass).
+    dtype : numpy dtype
+        The compute dtype (float16 is computed in float32).
+    xp : array module, optional
+        numpy (default) or cupy; only the autotuner's cache depends on it.
+    """
+    if pass_ not in PASSES:
+        raise ValueError(f"pass_: expected one of {', '.join(map(repr, PASSES))}, got {pass_!r}")
+    dtype = np.dtype(dtype)
+    if _benchmark:
+        with _lock:
+            return _tuned.get(_key(pass_, g, dtype, np if xp is None else xp))
+    return cost_model(pass_, g, dtype)
 
 
 def _key(pass_: str, g: ConvGeometry, dtype: Any, xp: Any) -> tuple:
