@@ -464,8 +464,19 @@ def _inspected_model(args: argparse.Namespace, default_size: Callable[[Any], int
     return model, (model.in_channels, size, size)
 
 
-def _add_summary(sub: Any) -> None:
+def _add_model_args(p: argparse.ArgumentParser, input_help: str, batch: int) -> None:
+    """--model, --input, --batch and --num-classes, as summary and gradcheck take them."""
     from foldconv.models import available_models  # noqa: PLC0415
+
+    p.add_argument("--model", default="lenet5", choices=available_models())
+    p.add_argument("--input", type=_shape, default=None, metavar="C,H,W", help=input_help)
+    p.add_argument(
+        "--batch", type=_positive_int, default=batch, help=f"batch size N (default {batch})"
+    )
+    p.add_argument("--num-classes", type=_positive_int, default=None)
+
+
+def _add_summary(sub: Any) -> None:
 
     p = sub.add_parser(
         "summary",
@@ -475,17 +486,12 @@ def _add_summary(sub: Any) -> None:
         "algorithm 'auto' picks for each pass of each convolution; then totals. Shapes "
         "and memory are measured on zero batches of 2 and 3 and extrapolated to --batch.",
     )
-    p.add_argument("--model", default="lenet5", choices=available_models())
-    p.add_argument(
-        "--input",
-        type=_shape,
-        default=None,
-        metavar="C,H,W",
-        help="one sample's shape (default: the model's own size: lenet5 1,28,28, "
+    _add_model_args(
+        p,
+        input_help="one sample's shape (default: the model's own size: lenet5 1,28,28, "
         "alexnet_paper 3,227,227, alexnet/vgg 3,224,224, resnet18 3,32,32)",
+        batch=1,
     )
-    p.add_argument("--batch", type=_positive_int, default=1, help="batch size N (default 1)")
-    p.add_argument("--num-classes", type=_positive_int, default=None)
     p.add_argument("--seed", type=_nonneg_int, default=0, help="for the initial weights")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     p.set_defaults(handler=_cmd_summary)
@@ -503,7 +509,6 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _add_gradcheck(sub: Any) -> None:
-    from foldconv.models import available_models  # noqa: PLC0415
 
     p = sub.add_parser(
         "gradcheck",
@@ -513,16 +518,11 @@ def _add_gradcheck(sub: Any) -> None:
         "module's max relative error of the input and parameter gradients. Exit status 1 "
         "when a check fails.",
     )
-    p.add_argument("--model", default="lenet5", choices=available_models())
-    p.add_argument(
-        "--input",
-        type=_shape,
-        default=None,
-        metavar="C,H,W",
-        help="one sample's shape (default: the model's own size, else its smallest)",
+    _add_model_args(
+        p,
+        input_help="one sample's shape (default: the model's own size, else its smallest)",
+        batch=2,
     )
-    p.add_argument("--batch", type=_positive_int, default=2, help="batch size (default 2)")
-    p.add_argument("--num-classes", type=_positive_int, default=None)
     p.add_argument("--eval", action="store_true", help="check the model in eval mode")
     p.add_argument("--rtol", type=_positive_float, default=1e-6, help="pass at <= (1e-6)")
     p.add_argument("--eps", type=_positive_float, default=1e-6, help="difference step (1e-6)")
