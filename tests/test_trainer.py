@@ -351,6 +351,8 @@ def test_evaluate_and_predict(tmp_path, small_digits):
     png = tmp_path / "digit.png"
     Image.fromarray(np.round(images[0, 0] * 255).astype(np.uint8)).save(png)
     assert predict(tmp_path, [png], k=3)[0][0][0] == top[0][0][0]
+    # No images, no predictions (a batch of 0, as the model's forward takes it).
+    assert predict(tmp_path, images[:0]) == [] and predict(tmp_path, []) == []
 
 
 def test_bad_arguments(tmp_path, small_digits):

@@ -409,3 +409,21 @@ def test_backward_before_forward_is_an_error():
         lenet5(rng=0).backward(np.zeros((1, 10), np.float32))
     with pytest.raises(RuntimeError, match="before forward"):
         resnet18(rng=0).backward(np.zeros((1, 10), np.float32))
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_an_empty_batch_gives_empty_logits_and_zero_gradients(name):
+    # PyTorch returns (0, num_classes) logits and zero parameter gradients for a batch of 0.
+    model = get_model(name, num_classes=7, rng=0)
+    size = getattr(model, "input_size", None) or getattr(model, "min_input_size", 32)
+    x = np.zeros((0, model.in_channels, size, size), np.float32)
+    for training in (True, False):
+        model.train(training)
+        model.zero_grad()
+        y = model(x)
+        assert y.shape == (0, 7)
+        dx = model.backward(np.zeros_like(y))
+        assert dx.shape == x.shape
+        for pname, p in model.named_parameters():
+            assert p.grad is not None and p.grad.shape == p.data.shape, pname
+            assert not np.any(p.grad), pname

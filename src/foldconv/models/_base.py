@@ -55,7 +55,7 @@ class FeatureClassifier(Module):
         if "avgpool" in self._modules:
             x = self.avgpool(x)
         self._pooled_shape = tuple(x.shape)
-        return self.classifier(x.reshape(x.shape[0], -1))
+        return self.classifier(x.reshape(x.shape[0], math.prod(x.shape[1:])))  # N may be 0
 
     def backward(self, grad_output: Any) -> Any:
         """(N, num_classes) -> (N, C, H, W); the flatten's backward is a reshape."""

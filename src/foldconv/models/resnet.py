@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -123,7 +124,7 @@ class ResNet(Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.avgpool(x)
         self._pooled_shape = tuple(x.shape)
-        return self.fc(x.reshape(x.shape[0], -1))
+        return self.fc(x.reshape(x.shape[0], math.prod(x.shape[1:])))  # N may be 0
 
     def backward(self, grad_output: Any) -> Any:
         if self._pooled_shape is None:

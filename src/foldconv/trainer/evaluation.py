@@ -153,13 +153,15 @@ def predict(
             x = x[None]
         if x.ndim != 4 or x.shape[1] != c:
             raise ValueError(f"images: expected shape (N, {c}, H, W), got {images.shape}")
+        if x.shape[0] == 0:
+            return []  # no images, no predictions (as the model's forward on a batch of 0)
     else:
         from foldconv.data.datasets import load_image  # noqa: PLC0415
 
         if isinstance(images, (str, os.PathLike)):
             images = [images]
         if len(images) == 0:
-            raise ValueError("images: expected at least one image, got none")
+            return []
         mode = "RGB" if c == 3 else "L"
         loaded = []
         for path in images:
