@@ -251,6 +251,31 @@ def test_cli_batch_size_must_divide(tmp_path):
     assert r.stderr.count("batch_size: expected a multiple of the 2 processes") == 1, r.stderr
 
 
+@needs_mpi
+def test_ranks_started_with_different_settings_stop_with_a_clear_error(tmp_path):
+    # Different --epochs used to leave rank 0 waiting for rank 1 forever.
+    def rank(epochs: int, lr: str) -> list[str]:
+        return [sys.executable, "-m", "foldconv", "train", "--distributed", "--epochs"] + [
+            str(epochs),
+            "--lr",
+            lr,
+            "--out",
+            str(tmp_path / "run"),
+        ]
+
+    r = subprocess.run(
+        [_mpiexec(), "-n", "1"] + rank(1, "0.05") + [":", "-n", "1"] + rank(2, "0.1"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert r.returncode == 2, r.stderr
+    assert (
+        "different settings (epochs: rank 0 1, rank 1 2; lr: rank 0 0.05, rank 1 0.1)" in r.stderr
+    )
+
+
 def test_distributed_outside_mpiexec_is_a_clear_error(tmp_path, monkeypatch):
     from foldconv.trainer import distributed as D
 

@@ -332,7 +332,7 @@ def _add_experiment(sub: Any) -> None:
         description="Train the two arms of a small AlexNet-like network that differ only in "
         "the property under test (same initial weights and data order per seed), for several "
         "seeds; print the spread and write NAME.json and NAME.png into --out. "
-        "relu-vs-tanh: epochs to 25%% training error (Figure 1); lrn: with and without local "
+        "relu-vs-tanh: epochs to 25% training error (Figure 1); lrn: with and without local "
         "response normalisation; overlapping-pool: 3x3 stride 2 against 2x2 stride 2; "
         "dropout: with and without dropout 0.5. See docs/experiments.md.",
     )

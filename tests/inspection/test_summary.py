@@ -333,6 +333,8 @@ def test_bad_arguments():
         summary("lenet5", (1, 28, 28))
     with pytest.raises(TypeError, match="input_shape"):
         summary(model, 28)
+    with pytest.raises(TypeError, match="input_shape: expected a sequence of ints"):
+        summary(model, "1,28,28")  # the CLI's form, not split into characters
     with pytest.raises(ValueError, match="input_shape"):
         summary(model, (1, 0, 28))
     with pytest.raises(ValueError, match="batch_size"):

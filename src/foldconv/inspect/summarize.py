@@ -331,7 +331,9 @@ def summary(
     """
     if not isinstance(model, Module):
         raise TypeError(f"model: expected a foldconv Module, got {type(model).__name__}")
-    if isinstance(input_shape, (int, np.integer)) or not isinstance(input_shape, Sequence):
+    if isinstance(input_shape, (int, np.integer, str, bytes)) or not isinstance(
+        input_shape, Sequence
+    ):
         raise TypeError(
             f"input_shape: expected a sequence of ints (one sample's shape, e.g. (3, 227, 227)), "
             f"got {input_shape!r}"

@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -561,6 +561,31 @@ def decorrelate_generators(generators: Sequence[np.random.Generator], rank: int)
                 "independent per-rank streams; use numpy.random.default_rng (PCG64)"
             )
         bits.state = bits.jumped(rank).state
+
+
+# Settings that may differ between ranks: each machine has its own paths, and rank 0's
+# output directory is broadcast to the others.
+_PER_RANK_SETTINGS = frozenset({"out", "data_dir", "device"})
+
+
+def check_same_run(comm: Communicator, cfg: Mapping[str, Any], shapes: Sequence[Any]) -> None:
+    """Every rank must train the same run: the same settings (paths aside) and the same
+    parameter shapes. Ranks launched with different ``--epochs`` would otherwise wait
+    forever for each other at the end, and different ``--lr`` would average gradients
+    of different steps silently. Raises on every rank, naming the settings that differ."""
+    mine = {k: v for k, v in sorted(cfg.items()) if k not in _PER_RANK_SETTINGS}
+    mine["parameter shapes"] = [list(map(int, s)) for s in shapes]
+    everyone = comm.allgather(repr(mine))
+    if all(e == everyone[0] for e in everyone):
+        return
+    import ast  # noqa: PLC0415
+
+    runs = [ast.literal_eval(e) for e in everyone]
+    keys = sorted({k for r in runs for k in r if any(q.get(k) != r.get(k) for q in runs)})
+    text = "; ".join(
+        f"{k}: " + ", ".join(f"rank {i} {r.get(k)!r}" for i, r in enumerate(runs)) for k in keys
+    )
+    raise DistributedError(f"distributed: the ranks were started with different settings ({text})")
 
 
 def agree(comm: Communicator, build: Callable[[], Any]) -> Any:

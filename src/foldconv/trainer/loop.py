@@ -273,6 +273,11 @@ def _train_distributed(build: Callable[[Any], _Run], device: Any) -> dict[str, A
         watcher.release()
         raise
     try:
+        D.check_same_run(dist, run.cfg, [p.data.shape for p in run.params])
+    except BaseException:
+        watcher.release()
+        raise
+    try:
         run.join()
         summary = run.run()
     except (TrainingDiverged, TrainingInterrupted):
