@@ -141,6 +141,91 @@ def worker_torch(net: str, steps: int, limit: float) -> dict:
     return {"times": times, "threads": torch.get_num_threads()}
 
 
+LAYER_CODE = """
+import json, os, sys, time
+import numpy as np
+what = sys.argv[1]
+if what == "gemm":
+    # A LeNet-sized GEMM (its second convolution's weight gradient) and an AlexNet-sized
+    # one, each timed call by call, with BLAS at two threads.
+    import threadpoolctl
+    threadpoolctl.threadpool_limits(2, "blas")
+    rng = np.random.default_rng(0)
+    out = {}
+    for m, k, n, reps in ((16, 12800, 150, 300), (384, 3456, 2704, 20)):
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter(); a @ b; ts.append(time.perf_counter() - t0)
+            x = np.tanh(a[:, :1000])  # a non-BLAS pass between GEMMs, as in a network
+        out[f"{m}x{k}x{n}"] = ts
+else:
+    import numba
+    from numba import njit, prange
+    @njit(parallel=True)
+    def scale(x, y):
+        for i in prange(x.shape[0]):
+            y[i] = np.sqrt(x[i]) * 2.0
+    x = np.random.default_rng(0).random((1 << 20,))
+    y = np.empty_like(x)
+    numba.set_num_threads(2)
+    scale(x, y)
+    ts = []
+    for _ in range(300):
+        t0 = time.perf_counter(); scale(x, y); ts.append(time.perf_counter() - t0)
+        np.tanh(x[:100000])
+    out = {"prange 1M": ts, "layer": numba.threading_layer()}
+print(json.dumps(out))
+"""
+
+
+def layers(args: argparse.Namespace) -> None:
+    """OpenBLAS's thread timeout and Numba's threading layers, alone and beside busy
+    processes: per-call times of GEMMs and of a parallel Numba loop at two threads."""
+    variants = [
+        ("gemm", {}),
+        ("gemm", {"OPENBLAS_THREAD_TIMEOUT": "4"}),
+        ("gemm", {"OPENBLAS_THREAD_TIMEOUT": "30"}),
+        ("numba", {"NUMBA_THREADING_LAYER": "workqueue"}),
+        ("numba", {"NUMBA_THREADING_LAYER": "omp"}),
+        ("numba", {"NUMBA_THREADING_LAYER": "omp", "OMP_WAIT_POLICY": "passive"}),
+        ("numba", {"NUMBA_THREADING_LAYER": "tbb"}),
+    ]
+    print("| busy | variant | case | median ms | p90 ms |")
+    print("| --- | --- | --- | --- | --- |")
+    for load in args.loads:
+        busy = _busy(load, args.pin)
+        try:
+            for _ in range(args.rounds):
+                for what, extra in variants:
+                    env = dict(os.environ, **extra)
+                    proc = subprocess.run(
+                        [sys.executable, "-c", LAYER_CODE, what],
+                        capture_output=True,
+                        text=True,
+                        env=env,
+                    )
+                    label = " ".join(f"{k}={v}" for k, v in extra.items()) or "defaults"
+                    if proc.returncode != 0:
+                        why = proc.stderr.strip().splitlines()[-1]
+                        print(f"| {load} | {label} | failed: {why} | | |")
+                        continue
+                    res = json.loads(proc.stdout.strip().splitlines()[-1])
+                    for case, ts in res.items():
+                        if case == "layer":
+                            continue
+                        print(
+                            f"| {load} | {label} ({res.get('layer', 'openblas')}) | {case} | "
+                            f"{1e3 * statistics.median(ts):.2f} | {1e3 * _p90(ts):.2f} |",
+                            flush=True,
+                        )
+        finally:
+            for b in busy:
+                b.kill()
+                b.wait()
+
+
 def _busy(n: int, pin: bool) -> list[subprocess.Popen]:
     cores = sorted(os.sched_getaffinity(0))
     procs = []
@@ -180,8 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=0, help="timed steps (default 30 / 5)")
     p.add_argument("--limit", type=float, default=60.0, help="seconds of timed steps at most")
     p.add_argument("--json", help="write the raw step times here")
+    p.add_argument(
+        "--layers",
+        action="store_true",
+        help="time OpenBLAS's thread timeout and Numba's threading layers instead",
+    )
     p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.layers:
+        layers(args)
+        return 0
     if args.worker:
         fn = worker_ours if args.worker == "ours" else worker_torch
         net = args.nets[0]

@@ -22,8 +22,12 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 @pytest.fixture(autouse=True)
 def _default_budget():
+    # Counts are checked against the budget itself: no adapting to the other processes
+    # that share this machine while the tests run.
+    previous = threads.set_adaptive(False)
     yield
     foldconv.set_num_threads(None)
+    threads.set_adaptive(previous)
 
 
 def _blas_threads() -> list[int]:
@@ -247,3 +251,57 @@ def test_results_are_repeatable_at_one_thread_count():
     again = _conv_results(x, w, dy, padding=1, algorithm="im2col")
     for a, b in zip(first, again, strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "active,budget,cores,others,waited,expected",
+    [
+        (2, 2, 2, 0.0, 0.0, 2),  # an idle machine: the whole budget
+        (2, 2, 2, 0.05, 0.1, 2),  # background noise is not a busy core
+        (2, 2, 2, 0.66, 0.7, 1),  # a busy loop sharing our two cores with two threads
+        (1, 2, 2, 1.0, 0.0, 1),  # ... and with one thread: it keeps its own core
+        (1, 2, 2, 1.33, 0.3, 1),  # two busy loops: never below one thread
+        (1, 2, 2, 0.1, 0.0, 2),  # the busy process is gone: back to the budget
+        (4, 4, 8, 0.0, 0.0, 4),  # the budget caps
+        (4, 4, 4, 0.0, 1.2, 3),  # waiting for cores (another process's burst): one fewer
+        (3, 8, 8, 2.7, 0.0, 5),
+    ],
+)
+def test_decide(active, budget, cores, others, waited, expected):
+    assert threads.decide(active, budget, cores, others, waited) == expected
+
+
+def test_adaptive_switch_is_checked():
+    with pytest.raises(TypeError, match="enabled: expected a bool"):
+        threads.set_adaptive(1)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_a_busy_process_on_our_cores_takes_threads_away():
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    code = (
+        "import os, foldconv\n"
+        "from foldconv.functional import threads\n"
+        f"os.sched_setaffinity(0, {set(cores)!r})\n"
+        "threads.set_num_threads(2)\n"
+        "threads.set_adaptive(True)\n"  # the first look: samples the machine
+        "print(threads.get_num_threads(), threads.active_threads())\n"
+        "import threadpoolctl\n"
+        "print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()"
+        " if i['user_api'] == 'blas'}))\n"
+    )
+    busy = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import os; os.sched_setaffinity(0, {{{cores[1]}}})\nwhile True: pass",
+        ]
+    )
+    try:
+        threading.Event().wait(0.3)  # the busy loop is running
+        done = _run(code)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["2 1", "[1]"]

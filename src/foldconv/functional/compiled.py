@@ -61,7 +61,7 @@ def njit(**options: Any) -> Any:
 
     from foldconv.functional import threads
 
-    threads.set_numba_threads(threads.get_num_threads())
+    threads.set_numba_threads(threads.active_threads())
 
     def decorate(fn: Any) -> Any:
         try:

@@ -24,9 +24,13 @@ The caller of :func:`parallel_map` takes a share of the work itself, so the pool
 BLAS is always capped: a BLAS with more threads than the budget is the oversubscription
 the budget exists to prevent. A user who wants more threads raises the budget itself
 (``set_num_threads`` accepts more threads than cores). The limits reach the libraries
-lazily, at the first convolution or linear layer (:func:`ready`), so that
+lazily, before the first convolution or linear layer runs (:func:`ready`), so that
 ``import foldconv`` neither loads threadpoolctl nor starts Numba's threads; a later
 :func:`set_num_threads` applies at once.
+
+The budget is a ceiling: while other processes keep some of the cores busy, all three
+use fewer threads (:func:`set_adaptive`, on by default), because a parallel region on a
+core that another process also wants waits for its slowest thread.
 
 Work items write disjoint outputs and results come back in order, so the outcome never
 depends on the number of threads or on scheduling.
@@ -37,6 +41,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -76,20 +81,25 @@ def _from_env() -> int | None:
 
 
 _requested: int | None = _from_env()  # None: the cores of the affinity set
-_num_threads: int = _requested or available_cores()
-_applied = False  # the budget has reached BLAS
-_numba_applied = 0  # the budget Numba was last given (0: none yet)
+_num_threads: int = _requested or available_cores()  # the budget
+_active: int = _num_threads  # threads in use now: the budget, or fewer on a busy machine
+_adaptive = True
+_next_check = 0.0  # time.monotonic() of the next look at the machine (0: at once)
+_numba_applied = 0  # the thread count Numba was last given (0: none yet)
+_controller: Any = None  # threadpoolctl's view of the loaded BLAS libraries
 _pool: ThreadPoolExecutor | None = None
 
 
 def _forget_pool_after_fork() -> None:
     # A forked child inherits the pool object but not its threads: start a new one. Its
     # affinity may differ too, so an automatic budget is worked out again.
-    global _pool, _num_threads, _applied
+    global _pool, _num_threads, _active, _next_check, _controller, _numba_applied
     _pool = None
+    _controller = None
+    _numba_applied = 0
+    _next_check = 0.0
     if _requested is None:
-        _num_threads = available_cores()
-        _applied = False
+        _num_threads = _active = available_cores()
 
 
 if hasattr(os, "register_at_fork"):
@@ -98,7 +108,8 @@ if hasattr(os, "register_at_fork"):
 
 def set_num_threads(n: int | None) -> int:
     """Set the thread budget of this process: BLAS, Numba and foldconv's pool each get
-    at most ``n`` threads.
+    at most ``n`` threads (fewer while other processes keep cores busy, see
+    :func:`set_adaptive`).
 
     Parameters
     ----------
@@ -112,11 +123,16 @@ def set_num_threads(n: int | None) -> int:
     int
         The previous budget.
     """
-    global _requested
+    global _requested, _num_threads, _active, _pool, _controller
     previous = _num_threads
     _requested = _from_env() if n is None else _check(n, "n")
-    _set(_requested or available_cores())
-    apply()
+    _num_threads = _requested or available_cores()
+    if _pool is not None:
+        _pool.shutdown(wait=True)
+        _pool = None
+    _controller = None  # look again for BLAS libraries loaded since
+    _active = _num_threads
+    _refresh(wait=False)
     return previous
 
 
@@ -125,24 +141,137 @@ def get_num_threads() -> int:
     return _num_threads
 
 
-def _set(n: int) -> None:
-    global _num_threads, _pool, _applied
-    if n != _num_threads and _pool is not None:
-        _pool.shutdown(wait=True)
-        _pool = None
-    _num_threads = n
-    _applied = False
+def active_threads() -> int:
+    """The threads in use now: the budget, or fewer while other processes take cores."""
+    return _active
 
 
-def apply() -> None:
-    """Cap OpenBLAS (through threadpoolctl) and, if it is imported, Numba at the budget."""
-    global _applied
-    import threadpoolctl
+def set_adaptive(enabled: bool) -> bool:
+    """Whether foldconv uses fewer threads than its budget while other processes keep
+    cores busy (default: on). Returns the previous setting.
 
-    threadpoolctl.threadpool_limits(limits=_num_threads, user_api="blas")
-    _applied = True
+    Why: a parallel region is as slow as its slowest thread, and on a core shared with a
+    busy process a thread gets half the core in slices of milliseconds, so two threads
+    on two cores with one of them taken run slower than one thread alone, and worse
+    still with OpenBLAS's workers spinning while they wait (BENCHMARKS.md, "Under
+    load"). Every half second, at the next convolution or linear layer, foldconv reads
+    how much CPU other processes used on its cores (``/proc/stat`` less its own time)
+    and how long its own threads waited for a core (``/proc/self/task/*/schedstat``),
+    and sets the threads in use to the cores left free, at least 1 and at most the
+    budget. The first look, before the first GEMM, samples the machine for 50 ms.
+    Off, the budget is used as it is.
+    """
+    global _adaptive, _active, _next_check
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+    previous, _adaptive = _adaptive, enabled
+    if not enabled:
+        _active = _num_threads
+    _next_check = 0.0
+    ready()
+    return previous
+
+
+def get_adaptive() -> bool:
+    """Whether the thread count adapts to other processes (see :func:`set_adaptive`)."""
+    return _adaptive
+
+
+# --- looking at the machine -------------------------------------------------------------
+
+CHECK_SECONDS = 0.5  # how often the machine is looked at (at the next GEMM)
+_FIRST_SAMPLE_SECONDS = 0.05  # 5 clock ticks of /proc/stat per core
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_last: tuple[float, float, float, float] | None = None  # wall, busy, own cpu, own wait
+
+
+def _sample() -> tuple[float, float, float, float] | None:
+    """(wall s, busy s of the affinity set's cores, this process's CPU s, its threads'
+    run-queue wait s), or None where /proc is not there to read."""
+    try:
+        cores = os.sched_getaffinity(0)
+        busy = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                if not line.startswith("cpu"):
+                    break
+                name, *fields = line.split()
+                if name == "cpu" or int(name[3:]) not in cores:
+                    continue
+                ticks = [int(v) for v in fields[:8]]
+                busy += sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+        wait = 0
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/schedstat") as f:
+                    wait += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):  # a thread that just ended
+                continue
+    except (OSError, AttributeError, ValueError):
+        return None
+    return time.monotonic(), busy / _HZ, time.process_time(), wait * 1e-9
+
+
+def decide(active: int, budget: int, cores: int, others: float, waited: float) -> int:
+    """The threads to use next.
+
+    Parameters
+    ----------
+    active : int
+        Threads in use during the last interval.
+    budget, cores : int
+        The budget, and the cores of the affinity set.
+    others : float
+        Cores' worth of CPU that other processes used on our cores (CPU s / wall s).
+    waited : float
+        Cores' worth of time our threads spent runnable but waiting for a core.
+
+    Returns
+    -------
+    int
+        ``cores`` less the cores other processes keep busy, rounded so that a process
+        using 0.6 of a core counts as one (a busy loop that shares a core with us gets
+        only part of it), between 1 and ``budget``; one fewer than ``active`` when our
+        threads waited for a core a fifth of the time or more each.
+    """
+    target = cores - int(others + 0.4)
+    if active > 1 and waited >= 0.2 * active:
+        target = min(target, active - 1)
+    return max(1, min(budget, target))
+
+
+def _look() -> None:
+    global _last, _active
+    now = _sample()
+    if now is None:
+        return
+    if _last is None:
+        # The first look: sample a short quiet interval.
+        time.sleep(_FIRST_SAMPLE_SECONDS)
+        _last, now = now, _sample()
+        if now is None:
+            return
+    wall = now[0] - _last[0]
+    if wall > 0:
+        others = max(0.0, (now[1] - _last[1]) - (now[2] - _last[2])) / wall
+        waited = (now[3] - _last[3]) / wall
+        _active = decide(_active, _num_threads, available_cores(), others, waited)
+    _last = now
+
+
+def _refresh(wait: bool = True) -> None:
+    """Look at the machine if adapting, then give BLAS and Numba the threads in use."""
+    global _next_check, _controller
+    if _adaptive and wait:
+        _look()
+    _next_check = time.monotonic() + CHECK_SECONDS if _adaptive else float("inf")
+    if _controller is None:
+        import threadpoolctl
+
+        _controller = threadpoolctl.ThreadpoolController()
+    _controller.limit(limits=_active, user_api="blas")
     if "numba" in sys.modules:
-        set_numba_threads(_num_threads)
+        set_numba_threads(_active)
 
 
 def set_numba_threads(n: int) -> None:
@@ -157,12 +286,12 @@ def set_numba_threads(n: int) -> None:
 
 
 def ready() -> None:
-    """Make sure the budget has reached BLAS and Numba (cheap once it has): called before
-    foldconv's GEMMs. Numba is set once it has been imported, by foldconv or the user."""
-    if not _applied:
-        apply()
-    elif _numba_applied != _num_threads and "numba" in sys.modules:
-        set_numba_threads(_num_threads)
+    """Called before foldconv's GEMMs: the first call gives BLAS and Numba their threads,
+    later ones look at the machine every CHECK_SECONDS (a clock read otherwise)."""
+    if time.monotonic() >= _next_check:
+        _refresh()
+    elif _numba_applied != _active and "numba" in sys.modules:
+        set_numba_threads(_active)  # Numba imported since, by foldconv or the user
 
 
 def _get_pool() -> ThreadPoolExecutor:
@@ -173,10 +302,10 @@ def _get_pool() -> ThreadPoolExecutor:
 
 
 def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-    """[fn(item) for item in items], spread over at most ``get_num_threads()`` threads
+    """[fn(item) for item in items], spread over at most :func:`active_threads` threads
     (the caller's included); results in input order."""
     items = list(items)
-    threads = min(_num_threads, len(items))
+    threads = min(_active, len(items))
     if threads <= 1:
         return [fn(item) for item in items]
     results: list[Any] = [None] * len(items)
