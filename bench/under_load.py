@@ -149,7 +149,7 @@ if what == "gemm":
     # A LeNet-sized GEMM (its second convolution's weight gradient) and an AlexNet-sized
     # one, each timed call by call, with BLAS at two threads.
     import threadpoolctl
-    threadpoolctl.threadpool_limits(2, "blas")
+    threadpoolctl.threadpool_limits(int(os.environ.get("GEMM_THREADS", "2")), "blas")
     rng = np.random.default_rng(0)
     out = {}
     for m, k, n, reps in ((16, 12800, 150, 300), (384, 3456, 2704, 20)):
@@ -185,6 +185,7 @@ def layers(args: argparse.Namespace) -> None:
     processes: per-call times of GEMMs and of a parallel Numba loop at two threads."""
     variants = [
         ("gemm", {}),
+        ("gemm", {"GEMM_THREADS": "1"}),
         ("gemm", {"OPENBLAS_THREAD_TIMEOUT": "4"}),
         ("gemm", {"OPENBLAS_THREAD_TIMEOUT": "30"}),
         ("numba", {"NUMBA_THREADING_LAYER": "workqueue"}),

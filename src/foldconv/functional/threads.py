@@ -83,7 +83,7 @@ def _from_env() -> int | None:
 _requested: int | None = _from_env()  # None: the cores of the affinity set
 _num_threads: int = _requested or available_cores()  # the budget
 _active: int = _num_threads  # threads in use now: the budget, or fewer on a busy machine
-_adaptive = True
+_adaptive = os.environ.get("FOLDCONV_ADAPTIVE_THREADS", "1").strip() not in ("0", "false", "no")
 _next_check = 0.0  # time.monotonic() of the next look at the machine (0: at once)
 _numba_applied = 0  # the thread count Numba was last given (0: none yet)
 _controller: Any = None  # threadpoolctl's view of the loaded BLAS libraries
@@ -159,7 +159,8 @@ def set_adaptive(enabled: bool) -> bool:
     and how long its own threads waited for a core (``/proc/self/task/*/schedstat``),
     and sets the threads in use to the cores left free, at least 1 and at most the
     budget. The first look, before the first GEMM, samples the machine for 50 ms.
-    Off, the budget is used as it is.
+    Off, the budget is used as it is. ``FOLDCONV_ADAPTIVE_THREADS=0`` in the environment
+    turns it off from the start.
     """
     global _adaptive, _active, _next_check
     if not isinstance(enabled, bool):
@@ -277,9 +278,23 @@ def _refresh(wait: bool = True) -> None:
 def set_numba_threads(n: int) -> None:
     """Numba's parallel regions get at most ``n`` threads (capped at the pool Numba
     started with, NUMBA_NUM_THREADS). numba.set_num_threads is per calling thread: this
-    sets it for the caller, normally the main thread, which is where foldconv runs."""
+    sets it for the caller, normally the main thread, which is where foldconv runs.
+
+    Setting it starts Numba's threading layer. Unless NUMBA_THREADING_LAYER chose one,
+    foldconv starts 'workqueue' (Numba's own pool, whose idle workers wait on a
+    condition) rather than Numba's first choice here, 'omp': a 1M-element ``prange``
+    loop at two threads took 0.6 ms on workqueue and 8-12 ms on GNU OpenMP with its
+    default wait policy (BENCHMARKS.md, "Under load"). foldconv's own compiled kernels
+    are serial, so this matters only to the user's parallel Numba code in the process;
+    workqueue does not allow parallel regions from several threads at once, and a user
+    who needs that sets NUMBA_THREADING_LAYER."""
     global _numba_applied
     import numba
+    from numba.np.ufunc import parallel
+
+    launched = getattr(parallel, "_is_initialized", True)
+    if not launched and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "workqueue"
 
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
     _numba_applied = n
