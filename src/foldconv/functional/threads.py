@@ -161,6 +161,11 @@ def set_adaptive(enabled: bool) -> bool:
     budget. The first look, before the first GEMM, samples the machine for 50 ms.
     Off, the budget is used as it is. ``FOLDCONV_ADAPTIVE_THREADS=0`` in the environment
     turns it off from the start.
+
+    OpenBLAS's sgemm may sum in another order with another thread count (measured:
+    (32 x 21110) @ (21110 x 144) differs in the last bits between 1 and 2 threads), so
+    with adapting on, two runs of the same seed can differ in the last bits when the
+    machine's load differed; turn it off for bit-for-bit repeatable runs.
     """
     global _adaptive, _active, _next_check
     if not isinstance(enabled, bool):
