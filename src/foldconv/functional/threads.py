@@ -93,8 +93,9 @@ _pool: ThreadPoolExecutor | None = None
 def _forget_pool_after_fork() -> None:
     # A forked child inherits the pool object but not its threads: start a new one. Its
     # affinity may differ too, so an automatic budget is worked out again.
-    global _pool, _num_threads, _active, _next_check, _controller, _numba_applied
+    global _pool, _num_threads, _active, _next_check, _controller, _numba_applied, _last
     _pool = None
+    _last = None  # the child's CPU clock starts again at zero
     _controller = None
     _numba_applied = 0
     _next_check = 0.0
