@@ -53,8 +53,15 @@ def takes(*arrays: Any) -> bool:
 
 def njit(**options: Any) -> Any:
     """numba.njit with an on-disk cache where one can be written; without one (a read-only
-    install and no writable home) Numba refuses ``cache=True``, so compile per process."""
+    install and no writable home) Numba refuses ``cache=True``, so compile per process.
+
+    Importing Numba here is also where it first gets the thread budget
+    (:mod:`foldconv.functional.threads`)."""
     import numba
+
+    from foldconv.functional import threads
+
+    threads.set_numba_threads(threads.active_threads())
 
     def decorate(fn: Any) -> Any:
         try:

@@ -36,6 +36,7 @@ from foldconv.functional.direct import (
     conv_weight_grad_direct,
 )
 from foldconv.functional.padding import apply_pad, pad_adjoint
+from foldconv.functional.threads import ready as threads_ready
 
 PASSES = ("forward", "input_grad", "weight_grad")
 
@@ -287,6 +288,7 @@ def _autotune(pass_: str, g: ConvGeometry, dtype: Any, xp: Any, args: tuple) -> 
 
 def select(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str, xp: Any, args: tuple) -> str:
     """The algorithm that will run ``pass_`` for ``algorithm`` ('auto' or a name)."""
+    threads_ready()  # the thread budget reaches BLAS before the first GEMM
     if algorithm == "auto":
         if _benchmark:
             return _autotune(pass_, g, dtype, xp, args)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from foldconv.functional.activation import _as_float_array, _check_dim, _compute_dtype
+from foldconv.functional.threads import ready as threads_ready
 
 __all__ = ["flatten", "flatten_backward", "linear", "linear_backward"]
 
@@ -44,6 +45,7 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Any:
         Parameters of another float dtype are cast to that of ``x`` (float16 computes
         in float32).
     """
+    threads_ready()  # the thread budget reaches BLAS before the first GEMM
     x = _as_float_array(x, "x")
     weight = _as_float_array(weight, "weight")
     if bias is not None:
