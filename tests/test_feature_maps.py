@@ -155,6 +155,8 @@ def test_bad_paths_and_inputs(run, tmp_path):
         visualize(tmp_path, png, tmp_path / "o")
     with pytest.raises(FileNotFoundError, match="image: .*nope.png does not exist"):
         visualize(ckpt, tmp_path / "nope.png", tmp_path / "o")
+    with pytest.raises(FileNotFoundError, match="image: .* is a directory, not an image file"):
+        visualize(ckpt, tmp_path, tmp_path / "o")  # CHECKPOINT and IMAGE swapped
     with pytest.raises(ValueError, match="checkpoint: cannot read"):
         visualize(png, png, tmp_path / "o")
     text = tmp_path / "notes.png"

@@ -234,7 +234,8 @@ def visualize(
     from foldconv.trainer import atomic_write_bytes, load_checkpoint  # noqa: PLC0415
 
     if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
-        raise FileNotFoundError(f"image: {image} does not exist")
+        what = "is a directory, not an image file" if Path(image).is_dir() else "does not exist"
+        raise FileNotFoundError(f"image: {image} {what} (arguments: CHECKPOINT IMAGE)")
     net, info = load_checkpoint(checkpoint, model)
     x = preprocess_image(image, info)
     acts = feature_maps(net, x)

@@ -335,6 +335,11 @@ def test_bad_arguments():
         summary(model, 28)
     with pytest.raises(TypeError, match="input_shape: expected a sequence of ints"):
         summary(model, "1,28,28")  # the CLI's form, not split into characters
+    # A shape the model cannot take: the layer that refuses it is named.
+    with pytest.raises(
+        ValueError, match=r"\[in layer 'features.0' \(Conv2d\), on an input of shape \(2, 1, 28\)\]"
+    ):
+        summary(model, (1, 28))
     with pytest.raises(ValueError, match="input_shape"):
         summary(model, (1, 0, 28))
     with pytest.raises(ValueError, match="batch_size"):

@@ -3,6 +3,8 @@ against torch.nn in float64, finite differences, unbatched and empty batches, ba
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -104,3 +106,17 @@ def test_float32_is_kept():
     layer = nn.ReflectionPad1d((1, 2))
     assert layer(x).dtype == np.float32
     assert layer.backward(np.ones((2, 3, 7), np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("layer", "order"),
+    [
+        (nn.ReflectionPad1d, "(left, right)"),
+        (nn.ReflectionPad2d, "(left, right, top, bottom)"),
+        (nn.ConstantPad3d, "(left, right, top, bottom, front, back)"),
+    ],
+)
+def test_a_bad_padding_names_the_order_of_its_dimensions(layer, order):
+    args = (1.5, 0.0) if layer is nn.ConstantPad3d else (1.5,)
+    with pytest.raises(TypeError, match=re.escape(f"ints {order}, got 1.5")):
+        layer(*args)

@@ -42,7 +42,8 @@ def check_same_dtype(reference_name: str, reference: Any, **others: Any) -> None
         if a is not None and a.dtype != reference.dtype:
             raise TypeError(
                 f"{name}: expected dtype {reference.dtype} (the dtype of {reference_name}), "
-                f"got {a.dtype}"
+                f"got {a.dtype}; {reference_name} and {name} must share one dtype (cast "
+                f"{reference_name} with .astype, or a layer's parameters with .to(dtype=...))"
             )
 
 

@@ -129,7 +129,15 @@ def traced_forward(model: Module, x: Any, before: Callable[[], None] | None = No
         def forward(*args: Any, **kwargs: Any) -> Any:
             index = counter[0]
             counter[0] += 1
-            out = original(*args, **kwargs)
+            try:
+                out = original(*args, **kwargs)
+            except (ValueError, TypeError) as e:
+                if getattr(e, "_foldconv_layer", None) is None:  # the innermost layer only
+                    shape = getattr(args[0], "shape", None) if args else None
+                    where = f"layer {name or '(the model)'!r} ({type(module).__name__})"
+                    e.args = (f"{e} [in {where}, on an input of shape {shape}]",) + e.args[1:]
+                    e._foldconv_layer = name
+                raise
             trace.calls.append(Call(name, module, args, out, index))
             return out
 

@@ -48,9 +48,9 @@ def _padding_tuple(padding: Any, dims: int) -> tuple[int, ...]:
         and all(_is_int(p) for p in padding)
     ):
         return tuple(int(p) for p in padding)
+    order = ", ".join(("left, right", "top, bottom", "front, back")[:dims])
     raise TypeError(
-        f"padding: expected an int or a tuple of {2 * dims} ints (left, right, top, bottom, "
-        f"front, back order), got {padding!r}"
+        f"padding: expected an int or a tuple of {2 * dims} ints ({order}), got {padding!r}"
     )
 
 
