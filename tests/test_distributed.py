@@ -276,6 +276,20 @@ def test_ranks_started_with_different_settings_stop_with_a_clear_error(tmp_path)
     )
 
 
+@needs_mpi
+def test_mpiexec_without_distributed_warns(tmp_path):
+    r = subprocess.run(
+        [_mpiexec(), "-n", "2", sys.executable, "-m", "foldconv", "train"]
+        + ["--dataset", "mnist", "--data-dir", str(tmp_path / "absent")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    # The missing data stops both after the warning: nothing is trained twice.
+    assert r.stderr.count("started by an MPI launcher with 2 processes but without") == 2
+
+
 def test_distributed_outside_mpiexec_is_a_clear_error(tmp_path, monkeypatch):
     from foldconv.trainer import distributed as D
 

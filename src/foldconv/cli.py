@@ -104,8 +104,19 @@ def _add_train(sub: Any) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from foldconv.trainer import TrainingDiverged, TrainingInterrupted, train  # noqa: PLC0415
-    from foldconv.trainer.distributed import DistributedError, current_rank  # noqa: PLC0415
+    from foldconv.trainer.distributed import (  # noqa: PLC0415
+        DistributedError,
+        current_rank,
+        launched_world_size,
+    )
 
+    if not args.distributed and launched_world_size() > 1:
+        print(
+            f"{PROG}: warning: started by an MPI launcher with {launched_world_size()} "
+            "processes but without --distributed: each process trains on its own (add "
+            "--distributed to train one model together)",
+            file=sys.stderr,
+        )
     try:
         summary = train(
             model=args.model,

@@ -89,6 +89,14 @@ def launched_by_mpi() -> bool:
     return any(v in os.environ for v in _LAUNCHER_VARS)
 
 
+def launched_world_size() -> int:
+    """How many processes the MPI launcher started, from its environment (1 if none)."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
+
+
 def current_rank() -> int:
     """This process's MPI rank when MPI is running in it, else 0."""
     mpi = sys.modules.get("mpi4py.MPI")
