@@ -60,11 +60,8 @@ def worker_ours(batch: int, repeats: int) -> dict:
     return {"times": times[1:], "loss": float(loss), "built_mib": built, "peak_mib": _rss_mib()}
 
 
-def worker_torch(batch: int, repeats: int) -> dict:
-    import torch
-    from torch import nn
-
-    torch.set_num_threads(2)
+def torch_alexnet_paper(nn):
+    """The 2012 paper's AlexNet (groups=2, LRN) in PyTorch, given ``torch.nn``."""
     lrn = dict(size=5, alpha=5e-4, beta=0.75, k=2.0)
     features = nn.Sequential(
         nn.Conv2d(3, 96, 11, stride=4),
@@ -92,7 +89,15 @@ def worker_torch(batch: int, repeats: int) -> dict:
         nn.ReLU(),
         nn.Linear(4096, 1000),
     )
-    model = nn.Sequential(features, nn.Flatten(), classifier)
+    return nn.Sequential(features, nn.Flatten(), classifier)
+
+
+def worker_torch(batch: int, repeats: int) -> dict:
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(2)
+    model = torch_alexnet_paper(nn)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     crit = nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)

@@ -101,32 +101,9 @@ def worker_torch(net: str, steps: int, limit: float) -> dict:
             nn.Linear(84, 10),
         )
     else:
-        lrn = dict(size=5, alpha=5e-4, beta=0.75, k=2.0)
-        model = nn.Sequential(
-            nn.Conv2d(3, 96, 11, stride=4),
-            nn.ReLU(),
-            nn.LocalResponseNorm(**lrn),
-            nn.MaxPool2d(3, 2),
-            nn.Conv2d(96, 256, 5, padding=2, groups=2),
-            nn.ReLU(),
-            nn.LocalResponseNorm(**lrn),
-            nn.MaxPool2d(3, 2),
-            nn.Conv2d(256, 384, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(384, 384, 3, padding=1, groups=2),
-            nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1, groups=2),
-            nn.ReLU(),
-            nn.MaxPool2d(3, 2),
-            nn.Flatten(),
-            nn.Dropout(),
-            nn.Linear(9216, 4096),
-            nn.ReLU(),
-            nn.Dropout(),
-            nn.Linear(4096, 4096),
-            nn.ReLU(),
-            nn.Linear(4096, 1000),
-        )
+        from alexnet_step import torch_alexnet_paper  # bench/ is this script's path
+
+        model = torch_alexnet_paper(nn)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     crit = nn.CrossEntropyLoss()
     x, y = (torch.from_numpy(a) for a in _data(net))

@@ -18,84 +18,17 @@ from foldconv.models import alexnet_paper, available_models, get_model, lenet5, 
 
 # -- PyTorch twins (for the parameter counts) -----------------------------------------------
 def _torch_twin(kind: str):
-    torch = pytest.importorskip("torch")
-    tnn = torch.nn
+    """The models' PyTorch twins, as tests/models writes them out (importing that module
+    needs torch, hence the skip first)."""
+    pytest.importorskip("torch")
+    from tests.models import test_models as twins
 
-    class FeatureClassifier(tnn.Module):
-        def __init__(self, features, classifier, avgpool=None):
-            super().__init__()
-            self.features = features
-            if avgpool is not None:
-                self.avgpool = avgpool
-            self.classifier = classifier
-
-    if kind == "lenet5":
-        return FeatureClassifier(
-            tnn.Sequential(
-                tnn.Conv2d(1, 6, 5, padding=2),
-                tnn.ReLU(),
-                tnn.MaxPool2d(2),
-                tnn.Conv2d(6, 16, 5),
-                tnn.ReLU(),
-                tnn.MaxPool2d(2),
-            ),
-            tnn.Sequential(
-                tnn.Linear(400, 120),
-                tnn.ReLU(),
-                tnn.Linear(120, 84),
-                tnn.ReLU(),
-                tnn.Linear(84, 10),
-            ),
-        )
-    head = [
-        tnn.Dropout(),
-        tnn.Linear(256 * 6 * 6, 4096),
-        tnn.ReLU(),
-        tnn.Dropout(),
-        tnn.Linear(4096, 4096),
-        tnn.ReLU(),
-        tnn.Linear(4096, 1000),
-    ]
-    if kind == "alexnet_paper":
-        lrn = dict(size=5, alpha=5e-4, beta=0.75, k=2.0)
-        return FeatureClassifier(
-            tnn.Sequential(
-                tnn.Conv2d(3, 96, 11, stride=4),
-                tnn.ReLU(),
-                tnn.LocalResponseNorm(**lrn),
-                tnn.MaxPool2d(3, 2),
-                tnn.Conv2d(96, 256, 5, padding=2, groups=2),
-                tnn.ReLU(),
-                tnn.LocalResponseNorm(**lrn),
-                tnn.MaxPool2d(3, 2),
-                tnn.Conv2d(256, 384, 3, padding=1),
-                tnn.ReLU(),
-                tnn.Conv2d(384, 384, 3, padding=1, groups=2),
-                tnn.ReLU(),
-                tnn.Conv2d(384, 256, 3, padding=1, groups=2),
-                tnn.ReLU(),
-                tnn.MaxPool2d(3, 2),
-            ),
-            tnn.Sequential(*head),
-        )
-    assert kind == "vgg11"
-    layers, c = [], 3
-    for v in [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]:
-        if v == "M":
-            layers.append(tnn.MaxPool2d(2, 2))
-        else:
-            layers += [tnn.Conv2d(c, v, 3, padding=1), tnn.ReLU()]
-            c = v
-    classifier = tnn.Sequential(
-        tnn.Linear(512 * 7 * 7, 4096),
-        tnn.ReLU(),
-        tnn.Dropout(),
-        tnn.Linear(4096, 4096),
-        tnn.ReLU(),
-        tnn.Dropout(),
-        tnn.Linear(4096, 1000),
-    )
-    return FeatureClassifier(tnn.Sequential(*layers), classifier, tnn.AdaptiveAvgPool2d(7))
+    build = {
+        "lenet5": lambda: twins.torch_lenet5(),
+        "alexnet_paper": lambda: twins.torch_alexnet_paper(1000),
+        "vgg11": lambda: twins.torch_vgg("A", 1000),
+    }
+    return build[kind]()
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,31 @@ from foldconv.nn.module import Module
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d"]
 
 
-class Dropout(Module):
+class _DropoutBase(Module):
+    """What element and channel dropout share: p, inplace, the generator, the kept mask."""
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        rng: np.random.Generator | int | None = None,
+    ) -> None:
+        super().__init__()
+        self.p = _check_p(p)
+        self.inplace = bool(inplace)
+        self._rng = None if rng is None else get_generator(rng)
+        self._mask = None
+        self._forward_called = False
+
+    def _forward_mask(self) -> Any:
+        """The mask the last forward kept (None: identity), for the backward."""
+        if not self._forward_called:
+            raise RuntimeError(f"{type(self).__name__}: backward() called before forward()")
+        return self._mask
+
+
+class Dropout(_DropoutBase):
     """Zero each element with probability ``p`` in training, scaling the rest by 1/(1-p).
 
     The identity in eval mode. Shapes: any input -> output of the same shape and dtype.
@@ -37,20 +61,6 @@ class Dropout(Module):
         (see :func:`foldconv.nn.manual_seed`).
     """
 
-    def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        rng: np.random.Generator | int | None = None,
-    ) -> None:
-        super().__init__()
-        self.p = _check_p(p)
-        self.inplace = bool(inplace)
-        self._rng = None if rng is None else get_generator(rng)
-        self._mask = None
-        self._forward_called = False
-
     def forward(self, x: Any) -> Any:
         """x: (*) -> y: (*), same dtype; the mask is kept for the backward."""
         y, mask = dropout(x, self.p, self.training, self._rng)
@@ -63,32 +73,16 @@ class Dropout(Module):
 
     def backward(self, grad_output: Any) -> Any:
         """dx = dy * mask, the forward's scaled mask (dy itself in eval or for p = 0)."""
-        if not self._forward_called:
-            raise RuntimeError("Dropout: backward() called before forward()")
-        return dropout_backward(grad_output, self._mask)
+        return dropout_backward(grad_output, self._forward_mask())
 
     def extra_repr(self) -> str:
         return f"p={self.p}" + (", inplace=True" if self.inplace else "")
 
 
-class _DropoutNd(Module):
+class _DropoutNd(_DropoutBase):
     """Channel dropout: each channel of each sample is zeroed with probability ``p``."""
 
     _function: Any = None
-
-    def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        rng: np.random.Generator | int | None = None,
-    ) -> None:
-        super().__init__()
-        self.p = _check_p(p)
-        self.inplace = bool(inplace)
-        self._rng = None if rng is None else get_generator(rng)
-        self._mask = None
-        self._forward_called = False
 
     def forward(self, x: Any) -> Any:
         """x -> y of the same shape and dtype; the per-channel mask is kept for backward."""
@@ -99,9 +93,7 @@ class _DropoutNd(Module):
 
     def backward(self, grad_output: Any) -> Any:
         """dx = dy * mask, the forward's per-channel scaled mask (dy itself in eval)."""
-        if not self._forward_called:
-            raise RuntimeError(f"{type(self).__name__}: backward() called before forward()")
-        return channel_dropout_backward(grad_output, self._mask)
+        return channel_dropout_backward(grad_output, self._forward_mask())
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"

@@ -30,9 +30,11 @@ def _check_device(device: Any) -> str | None:
     return device
 
 
-def _param_dtype(dtype: Any) -> np.dtype:
-    """PyTorch's default (None) is float32."""
-    return np.dtype(np.float32) if dtype is None else _check_float_dtype(dtype)
+def _affine_parameters(module: Module, affine: bool, bias: bool, c: int, dt: np.dtype) -> None:
+    """weight (ones) and bias (zeros) of c channels when ``affine``, else None (as PyTorch)."""
+    module.affine = bool(affine)
+    module.weight = Parameter(np.ones(c, dtype=dt)) if module.affine else None
+    module.bias = Parameter(np.zeros(c, dtype=dt)) if module.affine and bias else None
 
 
 class _BatchNorm(Module):
@@ -93,16 +95,10 @@ class _BatchNorm(Module):
         device = _check_device(device)
         self.eps = float(eps)
         self.momentum = None if momentum is None else float(momentum)
-        self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
-        dt = _param_dtype(dtype)
+        dt = _check_float_dtype(dtype)
         c = self.num_features
-        if self.affine:
-            self.weight = Parameter(np.ones(c, dtype=dt))
-            self.bias = Parameter(np.zeros(c, dtype=dt)) if bias else None
-        else:
-            self.weight = None
-            self.bias = None
+        _affine_parameters(self, affine, bias, c, dt)
         if self.track_running_stats:
             self.register_buffer("running_mean", np.zeros(c, dtype=dt))
             self.register_buffer("running_var", np.ones(c, dtype=dt))
@@ -285,15 +281,8 @@ class GroupNorm(Module):
             raise TypeError(f"eps: expected a float, got {type(eps).__name__} {eps!r}")
         device = _check_device(device)
         self.eps = float(eps)
-        self.affine = bool(affine)
-        dt = _param_dtype(dtype)
-        c = self.num_channels
-        if self.affine:
-            self.weight = Parameter(np.ones(c, dtype=dt))
-            self.bias = Parameter(np.zeros(c, dtype=dt)) if bias else None
-        else:
-            self.weight = None
-            self.bias = None
+        dt = _check_float_dtype(dtype)
+        _affine_parameters(self, affine, bias, self.num_channels, dt)
         self._xhat = None
         self._invstd = None
         self._x_dtype = None
