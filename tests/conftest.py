@@ -5,7 +5,28 @@ import os
 # tests) see the same count whatever else this machine is doing.
 os.environ.setdefault("FOLDCONV_ADAPTIVE_THREADS", "0")
 
-from hypothesis import HealthCheck, settings
+
+def _gpu_usable() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("cupy") is None:
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+# Without a GPU, foldconv's numba-cuda kernels run in Numba's CUDA simulator, on NumPy
+# arrays (tests/gpu_kernels); with one, the same tests run them on the GPU. Set before
+# anything imports numba.cuda.
+GPU = _gpu_usable()
+if not GPU:
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "default",

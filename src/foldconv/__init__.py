@@ -5,6 +5,7 @@ forward/backward pairs); layers holding parameters in :mod:`foldconv.nn`.
 """
 
 from foldconv._config import get_workspace_limit, set_workspace_limit
+from foldconv.cuda.precision import get_tf32, set_tf32
 from foldconv.functional.compiled import get_compiled, set_compiled
 from foldconv.functional.dispatch import get_benchmark, set_benchmark
 from foldconv.functional.threads import get_num_threads, set_num_threads
@@ -50,12 +51,14 @@ __all__ = [
     "get_benchmark",
     "get_compiled",
     "get_num_threads",
+    "get_tf32",
     "get_workspace_limit",
     "gradcheck",
     "predict",
     "set_benchmark",
     "set_compiled",
     "set_num_threads",
+    "set_tf32",
     "set_workspace_limit",
     "summary",
     "train",

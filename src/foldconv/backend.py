@@ -7,13 +7,30 @@ from typing import Any
 
 import numpy as np
 
+_configured = False
+
 
 def _cupy() -> ModuleType | None:
+    """CuPy, imported and configured (strict float32 GEMMs, see foldconv.cuda.precision)
+    on first use; None when it cannot be imported."""
+    global _configured
     try:
         import cupy  # noqa: PLC0415
     except Exception:  # ImportError, or a CUDA runtime that fails to load
         return None
+    if not _configured:
+        from foldconv.cuda import precision  # noqa: PLC0415
+
+        precision.apply(cupy)
+        _configured = True
     return cupy
+
+
+def _cupy_if_imported() -> ModuleType | None:
+    """CuPy if something imported it already (never imports it)."""
+    import sys  # noqa: PLC0415
+
+    return _cupy() if "cupy" in sys.modules else None
 
 
 def is_cupy_array(a: Any) -> bool:
@@ -52,7 +69,16 @@ def to_device(a: Any, device: str) -> Any:
         if cp is None:
             raise RuntimeError(
                 "device: 'cuda' needs CuPy, which is not installed; "
-                "install it with `pip install foldconv[cuda]`"
+                "install it with `pip install 'foldconv[cuda12]'` (or 'foldconv[cuda13]')"
             )
         return cp.asarray(a)
     raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+
+
+_gpu_path_on_cpu = False
+
+
+def gpu_path(xp: ModuleType) -> bool:
+    """Whether to run the GPU implementation for arrays of module ``xp``: for CuPy, and
+    for NumPy inside :func:`foldconv.cuda.testing.gpu_path_on_cpu` (tests only)."""
+    return xp is not np or _gpu_path_on_cpu

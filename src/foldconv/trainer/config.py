@@ -133,9 +133,9 @@ def _check_device(device: Any) -> str:
 
         if _cupy() is None:
             raise ValueError(
-                f"device: {device!r} needs CuPy and a CUDA GPU; CuPy/GPU support is not "
-                "available in this installation yet (pip install foldconv[cuda]); "
-                "use --device cpu"
+                f"device: {device!r} needs CuPy and a CUDA GPU, and CuPy cannot be imported; "
+                "install it with pip install 'foldconv[cuda12]' (or 'foldconv[cuda13]'), "
+                "or use --device cpu"
             )
     return device
 
