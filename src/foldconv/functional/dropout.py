@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from foldconv import backend
 from foldconv.backend import get_array_module
 from foldconv.functional.activation import _as_float_array, _check_same_shape
 
@@ -62,8 +63,13 @@ def dropout_mask(
     if p == 1.0:
         return xp.zeros(shape, dtype=dtype)
     keep = gen.random(size=shape) >= p
-    mask = keep.astype(dtype) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
-    return mask if xp is np else xp.asarray(mask)
+    scale = np.asarray(1.0 / (1.0 - p), dtype=dtype)
+    if backend.gpu_path(xp):
+        # The draws stay on the host so that a seed gives the same mask on every device;
+        # the device gets one byte per element, not the scaled float mask, and scales it
+        # itself (the same two exact operations, so the same mask bit for bit).
+        return xp.asarray(keep).astype(dtype) * xp.asarray(scale)
+    return keep.astype(dtype) * scale
 
 
 def dropout(
