@@ -251,7 +251,7 @@ def leaky_relu(x: Any, negative_slope: float = 0.01) -> Any:
     """
     x = _as_float_array(x)
     xp = get_array_module(x)
-    slope = xp.asarray(negative_slope, dtype=x.dtype)
+    slope = x.dtype.type(negative_slope)  # a host scalar: no transfer to a GPU per call
     return xp.where(x > 0, x, x * slope)
 
 
@@ -259,7 +259,7 @@ def leaky_relu_backward(grad_output: Any, x: Any, negative_slope: float = 0.01) 
     """dx = dy if x > 0 else negative_slope * dy  (``x`` is the forward's input)."""
     _check_same_shape(grad_output, x, "grad_output", "x")
     xp = get_array_module(grad_output)
-    slope = xp.asarray(negative_slope, dtype=grad_output.dtype)
+    slope = grad_output.dtype.type(negative_slope)
     return xp.where(x > 0, grad_output, grad_output * slope)
 
 

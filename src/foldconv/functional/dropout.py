@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from foldconv import backend
 from foldconv.backend import get_array_module
 from foldconv.functional.activation import _as_float_array, _check_same_shape
 
@@ -63,13 +62,9 @@ def dropout_mask(
     if p == 1.0:
         return xp.zeros(shape, dtype=dtype)
     keep = gen.random(size=shape) >= p
-    scale = np.asarray(1.0 / (1.0 - p), dtype=dtype)
-    if backend.gpu_path(xp):
-        # The draws stay on the host so that a seed gives the same mask on every device;
-        # the device gets one byte per element, not the scaled float mask, and scales it
-        # itself (the same two exact operations, so the same mask bit for bit).
-        return xp.asarray(keep).astype(dtype) * xp.asarray(scale)
-    return keep.astype(dtype) * scale
+    # The draws stay on the host, so that a seed gives the same mask on every device; a GPU
+    # receives one byte per element (a quarter of a float32 mask) and scales it itself.
+    return xp.asarray(keep).astype(dtype) * np.dtype(dtype).type(1.0 / (1.0 - p))
 
 
 def dropout(
