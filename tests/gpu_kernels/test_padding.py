@@ -97,6 +97,7 @@ def test_convolution_padding_and_its_adjoint(mode, shape, pads, dtype):
         ("replicate", (1, 1, 2, 3, 2), (2, 1, 0, 1, 3, 2)),
         ("circular", (2, 3, 4), (4, 2)),
         ("circular", (1, 2, 5, 4), (-1, 2, 1, -2)),  # crop, then wrap the rest
+        ("circular", (1, 2, 4), (-2, -2)),  # nothing left: the gradient is all zeros
         ("circular", (1, 1, 2, 3, 4), (1, 1, 3, 0, 2, 1)),
     ],
 )
