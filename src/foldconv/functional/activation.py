@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from foldconv import backend
 from foldconv.backend import get_array_module
 
 __all__ = [
@@ -170,6 +171,8 @@ def erf(x: Any) -> Any:
     x = _as_float_array(x)
     xp = get_array_module(x)
     xc = _to_compute(x)
+    if backend.gpu_path(xp):
+        return _gpu().erf(xp, xc).astype(x.dtype, copy=False)
     _, small, value = _erf_parts(xc)
     pos = xp.where(small, value, 1 - value)
     return (xp.sign(xc) * pos).astype(x.dtype, copy=False)
@@ -189,9 +192,18 @@ def erfc(x: Any) -> Any:
     x = _as_float_array(x)
     xp = get_array_module(x)
     xc = _to_compute(x)
+    if backend.gpu_path(xp):
+        return _gpu().erfc(xp, xc).astype(x.dtype, copy=False)
     _, small, value = _erf_parts(xc)
     erfc_abs = xp.where(small, 1 - value, value)
     return xp.where(xc < 0, 2 - erfc_abs, erfc_abs).astype(x.dtype, copy=False)
+
+
+def _gpu() -> Any:
+    """foldconv.cuda.activation, imported on the GPU path only (it imports numba.cuda)."""
+    from foldconv.cuda import activation  # noqa: PLC0415
+
+    return activation
 
 
 def _normal_cdf(x: Any) -> Any:
@@ -239,7 +251,7 @@ def leaky_relu(x: Any, negative_slope: float = 0.01) -> Any:
     """
     x = _as_float_array(x)
     xp = get_array_module(x)
-    slope = xp.asarray(negative_slope, dtype=x.dtype)
+    slope = x.dtype.type(negative_slope)  # a host scalar: no transfer to a GPU per call
     return xp.where(x > 0, x, x * slope)
 
 
@@ -247,7 +259,7 @@ def leaky_relu_backward(grad_output: Any, x: Any, negative_slope: float = 0.01) 
     """dx = dy if x > 0 else negative_slope * dy  (``x`` is the forward's input)."""
     _check_same_shape(grad_output, x, "grad_output", "x")
     xp = get_array_module(grad_output)
-    slope = xp.asarray(negative_slope, dtype=grad_output.dtype)
+    slope = grad_output.dtype.type(negative_slope)
     return xp.where(x > 0, grad_output, grad_output * slope)
 
 
@@ -311,6 +323,8 @@ def gelu(x: Any, approximate: str = "none") -> Any:
     if approximate == "tanh":
         t = xp.tanh(_SQRT_2_OVER_PI * (xc + _GELU_TANH_C * xc * xc * xc))
         y = 0.5 * xc * (1 + t)
+    elif backend.gpu_path(xp):  # one fused kernel (see foldconv.cuda.activation)
+        y = _gpu().gelu(xp, xc)
     else:
         y = xc * _normal_cdf(xc)
     return y.astype(x.dtype, copy=False)
@@ -331,6 +345,11 @@ def gelu_backward(grad_output: Any, x: Any, approximate: str = "none") -> Any:
         x2 = xc * xc
         t = xp.tanh(_SQRT_2_OVER_PI * (xc + _GELU_TANH_C * x2 * xc))
         d = 0.5 * (1 + t) + 0.5 * xc * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_C * x2)
+    elif backend.gpu_path(xp):  # dy * GELU'(x) in one fused kernel
+        dtype = np.result_type(grad_output.dtype, xc.dtype)
+        return (
+            _gpu().gelu_backward(xp, grad_output, xc, dtype).astype(grad_output.dtype, copy=False)
+        )
     else:
         d = _normal_cdf(xc) + xc * (_INV_SQRT_2PI * xp.exp(-0.5 * xc * xc))
     return (grad_output * d).astype(grad_output.dtype, copy=False)

@@ -62,8 +62,9 @@ def dropout_mask(
     if p == 1.0:
         return xp.zeros(shape, dtype=dtype)
     keep = gen.random(size=shape) >= p
-    mask = keep.astype(dtype) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
-    return mask if xp is np else xp.asarray(mask)
+    # The draws stay on the host, so that a seed gives the same mask on every device; a GPU
+    # receives one byte per element (a quarter of a float32 mask) and scales it itself.
+    return xp.asarray(keep).astype(dtype) * np.dtype(dtype).type(1.0 / (1.0 - p))
 
 
 def dropout(

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from foldconv import backend
 from foldconv.backend import get_array_module
 from foldconv.functional._args import (
     Pads,
@@ -75,6 +76,14 @@ def pad_adjoint(grad: Any, in_shape: tuple[int, ...], pads: Pads, mode: str) -> 
     if mode == "zeros" or all(lo == 0 and hi == 0 for lo, hi in pads):
         inner = tuple(slice(lo, lo + n) for n, (lo, _) in zip(in_shape, pads, strict=True))
         return xp.ascontiguousarray(grad[(Ellipsis,) + inner])
+    if backend.gpu_path(xp):
+        # One gather launch per padded axis instead of a launch per border position.
+        for d, (lo, hi) in enumerate(pads):
+            if lo or hi:
+                n = in_shape[d]
+                idx = pad_index_map(n, lo, hi, mode)
+                grad = _gather_adjoint(grad, idx, n, lead + d, ("pad", n, lo, hi, mode), xp)
+        return xp.ascontiguousarray(grad)
     for d, (lo, hi) in enumerate(pads):
         if not (lo or hi):
             continue
@@ -87,6 +96,19 @@ def pad_adjoint(grad: Any, in_shape: tuple[int, ...], pads: Pads, mode: str) -> 
             out[int(idx[i])] += g[i]
         grad = xp.moveaxis(out, 0, axis)
     return xp.ascontiguousarray(grad)
+
+
+def _gather_adjoint(g: Any, idx: np.ndarray, n: int, axis: int, key: tuple, xp: Any) -> Any:
+    """GPU path of a gather's adjoint along ``axis``: dx[j] = sum over idx[i] = j of g[i]
+    (idx[i] = -1: no source), as a gather kernel (foldconv.cuda.axis_map): one thread per
+    element of dx sums the positions that read it, in increasing i; no atomics."""
+    from foldconv.cuda import axis_map  # noqa: PLC0415 - numba.cuda only on the GPU path
+
+    def build() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return axis_map.adjoint_table(n, len(idx), [(idx, None)])
+
+    table = axis_map.device_table(xp, key, g.dtype, build)
+    return axis_map.apply(xp, g, axis, n, table)
 
 
 def _check_pad_args(x: Any, padding: Any, mode: Any, name: str) -> tuple[Pads, str]:
@@ -296,7 +318,8 @@ def _take_axis(x: Any, idx: np.ndarray, axis: int, fill: float, xp: Any) -> Any:
         return xp.full(tuple(shape), fill, dtype=x.dtype)
     out = xp.take(x, xp.asarray(np.where(inside, idx, 0)), axis=axis)
     if not inside.all():
-        out[(slice(None),) * axis + (xp.asarray(~inside),)] = fill
+        # Integer positions, not a boolean mask: CuPy would count a mask's hits on the host.
+        out[(slice(None),) * axis + (xp.asarray(np.nonzero(~inside)[0]),)] = fill
     return out
 
 
@@ -410,7 +433,11 @@ def pad_backward(grad_output: Any, input_shape: Any, pad: Any, mode: str = "cons
     g = grad_output.astype(compute_dtype(grad_output.dtype), copy=False)
     for d, (lo, hi) in enumerate(pairs):
         if lo or hi:
-            idx = _source_index(input_shape[lead + d], lo, hi, mode)
-            g = _take_axis_adjoint(g, idx, input_shape[lead + d], lead + d, xp)
+            n = input_shape[lead + d]
+            idx = _source_index(n, lo, hi, mode)
+            if backend.gpu_path(xp):
+                g = _gather_adjoint(g, idx, n, lead + d, ("torch", n, lo, hi, mode), xp)
+            else:
+                g = _take_axis_adjoint(g, idx, n, lead + d, xp)
     g = g.astype(grad_output.dtype, copy=False)
     return g.copy() if g is grad_output else g

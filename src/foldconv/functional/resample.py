@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from foldconv import backend
 from foldconv.backend import get_array_module
 from foldconv.functional._args import as_float_array, compute_dtype
 
@@ -223,6 +224,26 @@ def _scatter_last(g: Any, taps: list, n_in: int, xp: Any) -> Any:
     return dx
 
 
+def _gpu_axis(
+    y: Any, axis: int, n_in: int, n_out: int, scale: Any, mode: str, align: bool, adjoint: bool
+) -> Any:
+    """GPU path of one axis of :func:`interpolate` (``adjoint``: of its backward): the taps
+    as a gather kernel (foldconv.cuda.axis_map). The backward's scatter becomes a gather
+    too: each input position sums, in a fixed order, the outputs that read it."""
+    from foldconv.cuda import axis_map  # noqa: PLC0415 - numba.cuda only on the GPU path
+
+    dims = y.ndim - 2
+    xp = get_array_module(y)
+
+    def build() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        taps = _taps(n_in, n_out, scale, mode, align, dims)
+        return (axis_map.adjoint_table if adjoint else axis_map.forward_table)(n_in, n_out, taps)
+
+    key = ("interpolate", adjoint, n_in, n_out, scale, mode, align, dims)
+    table = axis_map.device_table(xp, key, y.dtype, build)
+    return axis_map.apply(xp, y, axis, n_in if adjoint else n_out, table)
+
+
 def interpolate(
     input: Any,
     size: Any = None,
@@ -265,6 +286,9 @@ def interpolate(
     y = x.astype(compute_dtype(dtype), copy=False)
     for d in range(x.ndim - 2):
         axis = 2 + d
+        if backend.gpu_path(xp):
+            y = _gpu_axis(y, axis, x.shape[axis], out[d], scales[d], mode, align, False)
+            continue
         taps = _taps(x.shape[axis], out[d], scales[d], mode, align, x.ndim - 2)
         y = xp.moveaxis(_gather_last(xp.moveaxis(y, axis, -1), taps, xp), -1, axis)
     y = xp.ascontiguousarray(y).astype(dtype, copy=False)
@@ -314,6 +338,9 @@ def interpolate_backward(
     dx = g.astype(compute_dtype(dtype), copy=False)
     for d in range(len(shape) - 2):
         axis = 2 + d
+        if backend.gpu_path(xp):
+            dx = _gpu_axis(dx, axis, shape[axis], out[d], scales[d], mode, align, True)
+            continue
         taps = _taps(shape[axis], out[d], scales[d], mode, align, len(shape) - 2)
         dx = xp.moveaxis(_scatter_last(xp.moveaxis(dx, axis, -1), taps, shape[axis], xp), -1, axis)
     dx = xp.ascontiguousarray(dx).astype(dtype, copy=False)
