@@ -384,47 +384,45 @@ def _adaptive_max_forward(n, x, y, idx, D, H, W, OD, OH, OW):
 
 
 @kernel
-def _adaptive_max_backward(n, g, idx, gx, D, H, W, OD, OH, OW):
-    """dx[i] = sum of dy[o] over the bins o containing i whose maximum is at i (float64
-    sum, bins in row-major order, as the CPU path's bincount)."""
+def _adaptive_max_backward(n, n_in, n_out, g, idx, gx, bad, D, H, W, OD, OH, OW):
+    """Work item i < n_in: dx[i] = sum of dy[o] over the bins o containing i whose maximum
+    is at i (float64 sum, bins in row-major order, as the CPU path's bincount).
+    Work item i < n_out: bad[i] = 1 if idx[i] is not a cell of bin i (a gradient this
+    gather could not route; the forward never gives one), else 0.
+    """
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        xx = i % W
-        r = i // W
-        yy = r % H
-        r //= H
-        z = r % D
-        plane = r // D
-        obase = plane * (OD * OH * OW)
-        pos = i - plane * (D * H * W)
-        acc = 0.0
-        for od in range((z * OD) // D, min(((z + 1) * OD + D - 1) // D, OD)):
-            for oh in range((yy * OH) // H, min(((yy + 1) * OH + H - 1) // H, OH)):
-                for ow in range((xx * OW) // W, min(((xx + 1) * OW + W - 1) // W, OW)):
-                    o = obase + (od * OH + oh) * OW + ow
-                    if idx[o] == pos:
-                        acc += g[o]
-        gx[i] = acc
-
-
-@kernel
-def _adaptive_max_outside(n, idx, bad, D, H, W, OD, OH, OW):
-    """bad[o] = 1 where idx[o] is not a position inside bin o (which the gather of
-    :func:`_adaptive_max_backward` could not route), else 0."""
-    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        ow = i % OW
-        r = i // OW
-        oh = r % OH
-        od = (r // OH) % OD
-        p = idx[i]
-        xx = p % W
-        yy = (p // W) % H
-        z = p // (W * H)
-        inside = (
-            (od * D) // OD <= z < ((od + 1) * D + OD - 1) // OD
-            and (oh * H) // OH <= yy < ((oh + 1) * H + OH - 1) // OH
-            and (ow * W) // OW <= xx < ((ow + 1) * W + OW - 1) // OW
-        )
-        bad[i] = 0 if inside else 1
+        if i < n_in:
+            xx = i % W
+            r = i // W
+            yy = r % H
+            r //= H
+            z = r % D
+            plane = r // D
+            obase = plane * (OD * OH * OW)
+            pos = i - plane * (D * H * W)
+            acc = 0.0
+            for od in range((z * OD) // D, min(((z + 1) * OD + D - 1) // D, OD)):
+                for oh in range((yy * OH) // H, min(((yy + 1) * OH + H - 1) // H, OH)):
+                    for ow in range((xx * OW) // W, min(((xx + 1) * OW + W - 1) // W, OW)):
+                        o = obase + (od * OH + oh) * OW + ow
+                        if idx[o] == pos:
+                            acc += g[o]
+            gx[i] = acc
+        if i < n_out:
+            ow = i % OW
+            r = i // OW
+            oh = r % OH
+            od = (r // OH) % OD
+            p = idx[i]
+            xx = p % W
+            yy = (p // W) % H
+            z = p // (W * H)
+            inside = (
+                (od * D) // OD <= z < ((od + 1) * D + OD - 1) // OD
+                and (oh * H) // OH <= yy < ((oh + 1) * H + OH - 1) // OH
+                and (ow * W) // OW <= xx < ((ow + 1) * W + OW - 1) // OW
+            )
+            bad[i] = 0 if inside else 1
 
 
 def _planes(shape: tuple[int, ...], dims: int) -> tuple[int, ...]:
@@ -493,13 +491,12 @@ def adaptive_max_pool_backward(
         return xp.zeros(tuple(input_shape), dtype=g.dtype)
     idx = _flat(xp, indices.astype(np.int64, copy=False))
     bad = xp.empty(idx.shape, dtype=np.uint8)
-    _adaptive_max_outside(idx.size, idx.size, idx, bad, *geo)
+    gx = xp.empty(tuple(input_shape), dtype=g.dtype)
+    n = max(gx.size, idx.size)
+    _adaptive_max_backward(n, n, gx.size, idx.size, _flat(xp, g), idx, gx.reshape(-1), bad, *geo)
     if bool(bad.any()):
         raise ValueError(
             f"indices: expected each output's maximum to lie in its own pooling bin "
             f"(as adaptive_max_pool{dims}d(..., return_indices=True) returns), got some outside"
         )
-    gx = xp.empty(tuple(input_shape), dtype=g.dtype)
-    n = gx.size
-    _adaptive_max_backward(n, n, _flat(xp, g), idx, gx.reshape(-1), *geo)
     return gx
