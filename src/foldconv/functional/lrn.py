@@ -1,4 +1,8 @@
-"""Local response normalisation across channels (AlexNet, section 3.3), PyTorch's semantics."""
+"""Local response normalisation across channels (AlexNet, section 3.3), PyTorch's semantics.
+
+On the GPU (CuPy arrays) the forward and the backward are one numba-cuda kernel launch
+each (:mod:`foldconv.cuda.lrn`), a thread per element summing over its channel window.
+"""
 
 from __future__ import annotations
 

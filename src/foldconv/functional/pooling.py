@@ -15,6 +15,11 @@ The implementation loops over the ``prod(k)`` kernel taps, never over output
 positions: tap ``t`` of every window at once is the strided view
 ``x_pad[..., t*d : t*d + (out-1)*s + 1 : s]``, so each step is one vectorised
 operation on an output-sized array.
+
+On the GPU (CuPy arrays) each function is instead one numba-cuda kernel launch
+(:mod:`foldconv.cuda.pooling`): a thread per output element for the forwards, and for
+the backwards a gather, a thread per input element summing over the windows that contain
+it (deterministic, no atomics), with the same results (ties, NaN, divisors) as here.
 """
 
 from __future__ import annotations
@@ -538,9 +543,11 @@ def max_pool_backward(
     Notes
     -----
     Deterministic. On NumPy, overlapping windows are scattered with one ``np.bincount``
-    per group of planes (float64 sums, in output order); otherwise, and on CuPy, a loop
-    over the kernel taps adds ``dy * [argmax == t]`` into tap ``t``'s strided view, which
-    for a fixed tap never hits an input position twice.
+    per group of planes (float64 sums, in output order); otherwise a loop over the kernel
+    taps adds ``dy * [argmax == t]`` into tap ``t``'s strided view, which for a fixed tap
+    never hits an input position twice. On the GPU one kernel gathers instead: a thread
+    per input element sums, in output order and in float64, the ``dy`` of the windows
+    whose winning tap sits on it.
     """
     grad_output = as_float_array(grad_output, "grad_output")
     nd = _resolve_dims(dims, kernel_size, stride, padding, dilation)
