@@ -33,6 +33,7 @@ MAX_CASES = {
     "3d": ((1, 2, 5, 6, 5), (2, 3, 2), (2, 1, 2), (1, 1, 0), (2, 1, 2), True),
     "unbatched": ((3, 9, 9), (3, 3), (2, 2), 1, 1, False),
     "empty_batch": ((0, 3, 9, 9), (3, 3), (2, 2), 0, 1, False),
+    "over_256_taps": ((1, 2, 18, 17), (17, 16), (1, 1), 0, 1, False),  # uint16 argmax
 }
 
 # (shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
@@ -60,6 +61,7 @@ ADAPTIVE_CASES = {
     "unbatched": ((3, 7, 9), (3, 4)),
     "empty_batch": ((0, 3, 7, 9), (3, 4)),
     "empty_output": ((2, 3, 7, 9), (0, 4)),
+    "unbatched_zero_channels": ((0, 7, 9), (3, 4)),
 }
 
 
@@ -186,6 +188,18 @@ def test_max_pool_float16_is_computed_in_float32():
     assert got[0].dtype == np.float16
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_avg_and_adaptive_pools_of_float16_are_computed_in_float32():
+    x = _data((2, 2, 7, 7), np.float16, 6)
+    for fn, args in (
+        (F.avg_pool2d, (3, 2, 1)),
+        (F.adaptive_avg_pool2d, ((3, 4),)),
+        (F.adaptive_max_pool2d, ((3, 4),)),
+    ):
+        want, got, _ = both_paths(fn, x, *args)
+        assert got.dtype == np.float16
+        np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-3)
 
 
 def test_max_pool_backward_checks_flat_indices_on_the_gpu_path():
