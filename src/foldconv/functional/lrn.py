@@ -1,4 +1,8 @@
-"""Local response normalisation across channels (AlexNet, section 3.3), PyTorch's semantics."""
+"""Local response normalisation across channels (AlexNet, section 3.3), PyTorch's semantics.
+
+On the GPU (CuPy arrays) the forward and the backward are one numba-cuda kernel launch
+each (:mod:`foldconv.cuda.lrn`), a thread per element summing over its channel window.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from foldconv.backend import get_array_module
+from foldconv.backend import get_array_module, gpu_path
 from foldconv.functional._args import as_float_array, compute_dtype
 
 __all__ = ["local_response_norm", "local_response_norm_backward"]
@@ -104,6 +108,14 @@ def local_response_norm(
     x = as_float_array(x, "x")
     n = _check_args(x, size, alpha, beta, k)
     xc = x.astype(compute_dtype(x.dtype), copy=False)
+    if gpu_path(get_array_module(xc)):  # one kernel launch: a thread per element
+        from foldconv.cuda import lrn as gpu  # noqa: PLC0415
+
+        y, cache = gpu.local_response_norm(
+            xc, n, float(alpha), float(beta), float(k), bool(return_cache)
+        )
+        y = y.astype(x.dtype, copy=False)
+        return (y, cache) if return_cache else y
     s, p = _scale(xc, n, float(alpha), float(beta), float(k))
     y = (xc * p).astype(x.dtype, copy=False)
     if return_cache:
@@ -160,15 +172,21 @@ def local_response_norm_backward(
         )
     cdt = compute_dtype(x.dtype)
     xc = x.astype(cdt, copy=False)
-    if cache is None:
-        s, p = _scale(xc, n, float(alpha), float(beta), float(k))
-    else:
+    if cache is not None:
         s, p = cache
         if tuple(s.shape) != tuple(x.shape) or tuple(p.shape) != tuple(x.shape):
             raise ValueError(
                 f"cache: expected two arrays of shape {tuple(x.shape)}, "
                 f"got {tuple(s.shape)} and {tuple(p.shape)}"
             )
+    if gpu_path(get_array_module(grad_output, xc)):  # one kernel launch: a thread per element
+        from foldconv.cuda import lrn as gpu  # noqa: PLC0415
+
+        dy = grad_output.astype(cdt, copy=False)
+        dx = gpu.local_response_norm_backward(dy, xc, n, float(alpha), float(beta), float(k), cache)
+        return dx.astype(grad_output.dtype, copy=False)
+    if cache is None:
+        s, p = _scale(xc, n, float(alpha), float(beta), float(k))
     dy = grad_output.astype(cdt, copy=False)
     t = dy * xc
     t *= p

@@ -15,6 +15,11 @@ The implementation loops over the ``prod(k)`` kernel taps, never over output
 positions: tap ``t`` of every window at once is the strided view
 ``x_pad[..., t*d : t*d + (out-1)*s + 1 : s]``, so each step is one vectorised
 operation on an output-sized array.
+
+On the GPU (CuPy arrays) each function is instead one numba-cuda kernel launch
+(:mod:`foldconv.cuda.pooling`): a thread per output element for the forwards, and for
+the backwards a gather, a thread per input element summing over the windows that contain
+it (deterministic, no atomics), with the same results (ties, NaN, divisors) as here.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from foldconv.backend import get_array_module
+from foldconv.backend import get_array_module, gpu_path
 from foldconv.functional._args import as_float_array, compute_dtype, int_tuple
 
 __all__ = [
@@ -351,6 +356,16 @@ def max_pool(
     xp = get_array_module(xb)
     cdt = compute_dtype(xb.dtype)
     xc = xb.astype(cdt, copy=False)
+    if gpu_path(xp):  # one kernel launch: a thread per output scans its window
+        from foldconv.cuda import pooling as gpu  # noqa: PLC0415
+
+        mode = None if not return_indices else "argmax" if return_indices == "argmax" else "flat"
+        adt = _argmax_dtype(math.prod(kernel))
+        y, idx = gpu.max_pool(xc, out_shape, kernel, stride_t, pad, dil, mode, adt)
+        y = y.astype(xb.dtype, copy=False)
+        if unbatched:
+            y, idx = y[0], (None if idx is None else idx[0])
+        return (y, idx) if return_indices else y
     pads = _padded_extent(in_shape, out_shape, kernel, stride_t, pad, dil)
     xpad = _pad(xc, pads, -np.inf)
     planes = xpad.shape[0] * xpad.shape[1]
@@ -528,9 +543,11 @@ def max_pool_backward(
     Notes
     -----
     Deterministic. On NumPy, overlapping windows are scattered with one ``np.bincount``
-    per group of planes (float64 sums, in output order); otherwise, and on CuPy, a loop
-    over the kernel taps adds ``dy * [argmax == t]`` into tap ``t``'s strided view, which
-    for a fixed tap never hits an input position twice.
+    per group of planes (float64 sums, in output order); otherwise a loop over the kernel
+    taps adds ``dy * [argmax == t]`` into tap ``t``'s strided view, which for a fixed tap
+    never hits an input position twice. On the GPU one kernel gathers instead: a thread
+    per input element sums, in output order and in float64, the ``dy`` of the windows
+    whose winning tap sits on it.
     """
     grad_output = as_float_array(grad_output, "grad_output")
     nd = _resolve_dims(dims, kernel_size, stride, padding, dilation)
@@ -566,6 +583,12 @@ def max_pool_backward(
         idx = _flat_to_argmax(idx, in_shape, kernel, stride_t, pad, dil)
     cdt = compute_dtype(g.dtype)
     g = g.astype(cdt, copy=False)
+    if gpu_path(xp):  # one kernel launch: a thread per input element gathers its windows
+        from foldconv.cuda import pooling as gpu  # noqa: PLC0415
+
+        gin = gpu.max_pool_backward(g, idx, full_in, kernel, stride_t, pad, dil)
+        gin = gin.astype(grad_output.dtype, copy=False)
+        return gin[0] if unbatched else gin
     pads = _padded_extent(in_shape, out_shape, kernel, stride_t, pad, dil)
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_shape, pads, strict=True))
     disjoint = _windows_disjoint(out_shape, kernel, stride_t, dil)
@@ -708,6 +731,15 @@ def _avg_pool(
     )
     xp = get_array_module(xb)
     cdt = compute_dtype(xb.dtype)
+    if gpu_path(xp):  # one kernel launch: a thread per output sums its window
+        from foldconv.cuda import pooling as gpu  # noqa: PLC0415
+
+        div = _avg_divisor(
+            np, in_shape, out_shape, kernel, stride_t, pad, count_include_pad, divisor_override, cdt
+        )
+        y = gpu.avg_pool(xb.astype(cdt, copy=False), out_shape, kernel, stride_t, pad, div)
+        y = y.astype(xb.dtype, copy=False)
+        return y[0] if unbatched else y
     xpad = _pad(xb.astype(cdt, copy=False), pads, 0.0)
     planes = xpad.shape[0] * xpad.shape[1]
     xf = xpad.reshape((planes,) + tuple(xpad.shape[2:]))
@@ -760,6 +792,16 @@ def _avg_pool_backward(
     g = grad_output[None] if unbatched else grad_output
     xp = get_array_module(g)
     cdt = compute_dtype(g.dtype)
+    if gpu_path(xp):  # one kernel launch: a thread per input element gathers its windows
+        from foldconv.cuda import pooling as gpu  # noqa: PLC0415
+
+        div = _avg_divisor(
+            np, in_shape, out_shape, kernel, stride_t, pad, count_include_pad, divisor_override, cdt
+        )
+        full_in = g.shape[:2] + in_shape
+        gin = gpu.avg_pool_backward(g.astype(cdt, copy=False), full_in, kernel, stride_t, pad, div)
+        gin = gin.astype(grad_output.dtype, copy=False)
+        return gin[0] if unbatched else gin
     gs = g.astype(cdt) / _avg_divisor(
         xp, in_shape, out_shape, kernel, stride_t, pad, count_include_pad, divisor_override, cdt
     )
@@ -1072,6 +1114,12 @@ def _adaptive_avg_pool(x: Any, dims: int, output_size: Any) -> Any:
     in_shape, out = _adaptive_input(tuple(x.shape), dims, output_size, "x", dims < 3)
     xp = get_array_module(x)
     cdt = compute_dtype(x.dtype)
+    if gpu_path(xp):  # one kernel launch: a thread per output averages its bin
+        from foldconv.cuda import pooling as gpu  # noqa: PLC0415
+
+        return gpu.adaptive_avg_pool(x.astype(cdt, copy=False), dims, out).astype(
+            x.dtype, copy=False
+        )
     mats = _bin_matrices(xp, in_shape, out, cdt)
     if dims == 2 and all(m is not None for m in mats):
         y = _bin_product(xp, x.astype(cdt, copy=False), *mats)
@@ -1097,6 +1145,11 @@ def _adaptive_avg_pool_backward(
         )
     xp = get_array_module(grad_output)
     cdt = compute_dtype(grad_output.dtype)
+    if gpu_path(xp):  # one kernel launch: a thread per input element gathers its bins
+        from foldconv.cuda import pooling as gpu  # noqa: PLC0415
+
+        gx = gpu.adaptive_avg_pool_backward(grad_output.astype(cdt, copy=False), input_shape, dims)
+        return gx.astype(grad_output.dtype, copy=False)
     mats = _bin_matrices(xp, in_shape, out, cdt, transpose=True)
     if dims == 2 and all(m is not None for m in mats):
         gx = xp.ascontiguousarray(_bin_product(xp, grad_output.astype(cdt, copy=False), *mats))
@@ -1203,6 +1256,12 @@ def _adaptive_max_pool(x: Any, dims: int, output_size: Any, return_indices: bool
     if math.prod(out) == 0 or math.prod(lead) == 0:
         y = xp.empty(lead + out, dtype=x.dtype)
         idx = xp.zeros(lead + out, dtype=np.int64)
+    elif gpu_path(xp):  # one kernel launch: a thread per output scans its bin
+        from foldconv.cuda import pooling as gpu  # noqa: PLC0415
+
+        cdt = compute_dtype(x.dtype)
+        y, idx = gpu.adaptive_max_pool(xb.astype(cdt, copy=False), dims, out)
+        y = y.astype(x.dtype, copy=False)
     else:
         y, idx = _adaptive_max_taps(xb, in_shape, out)
     if unbatched:
@@ -1281,6 +1340,13 @@ def _adaptive_max_pool_backward(
     xp = get_array_module(grad_output, indices)
     planes = math.prod(lead)
     cdt = compute_dtype(grad_output.dtype)
+    if gpu_path(xp):  # one kernel launch: a thread per input element gathers its bins
+        from foldconv.cuda import pooling as gpu  # noqa: PLC0415
+
+        gx = gpu.adaptive_max_pool_backward(
+            grad_output.astype(cdt, copy=False), indices, input_shape, dims
+        )
+        return gx.astype(grad_output.dtype, copy=False)
     outs = math.prod(grad_output.shape[-dims:])
     g = grad_output.reshape(planes, outs)
     offsets = (xp.arange(planes, dtype=np.int64) * plane)[:, None]
@@ -1317,7 +1383,8 @@ _ADAPTIVE_MAX_BACKWARD_DOC = """Gradient of :func:`adaptive_max_pool{dims}d` wit
 
     ``dx[n, c, i] = sum of dy[n, c, o] over the outputs o whose maximum is at i``
     (``indices[n, c, o] == i``); overlapping bins add up. On NumPy the scatter is one
-    float64 ``bincount`` (deterministic); CuPy's adds with atomics.
+    float64 ``bincount``; on the GPU a kernel gathers, per input cell, the bins holding
+    it (float64 sums in bin order): deterministic on both.
 
     Parameters
     ----------
