@@ -1,0 +1,220 @@
+"""numba-cuda kernels of the convolution: im2col, col2im as a gather, direct depthwise.
+
+Every kernel works in 3-d: a 1-d or 2-d convolution is a 3-d one with leading spatial
+sizes 1 (kernel 1, stride 1, dilation 1, no padding), so one kernel serves every rank.
+Arrays are passed flat and C-contiguous; positions are in the *padded* input's
+coordinates, and the source (or target) array's origin sits at ``lo`` in them, so a
+kernel given the unpadded input reads zeros outside it (implicit zero padding, no
+padded copy) and one given an already padded input takes ``lo = 0``.
+
+The column buffer of a tile of ``nt`` samples and a box of output positions (origin
+``a``, shape ``b``) holds column entry (c, t, n, o) at ``c·sc + t·st + n·sn + o``, with
+o the flat position inside the box: the convolution's layout (C, K, n, P) has
+sc = K·nt·P, st = nt·P, sn = P; unfold's (n, C, K, P) has sn = C·K·P, sc = K·P, st = P.
+
+No kernel uses atomics: each thread writes its own output element(s), summing in a
+fixed order, so results are bitwise reproducible.
+"""
+
+from __future__ import annotations
+
+from numba import cuda
+
+from foldconv.cuda import kernel
+
+
+@kernel
+def im2col(
+    n_items, x, cols, C, D, H, W, l0, l1, l2, K0, K1, K2, s0, s1, s2, d0, d1, d2,
+    n0, nt, a0, a1, a2, b0, b1, b2, sc, st, sn,
+):  # fmt: skip
+    """cols[c, t, n, o] = x[n0 + n, c, (a + o)·s + t·d - lo], 0 outside x.
+
+    One thread per column entry; n_items = C·prod(K)·nt·prod(b)."""
+    for i in range(cuda.grid(1), n_items, cuda.gridsize(1)):
+        r = i
+        o2 = r % b2
+        r //= b2
+        o1 = r % b1
+        r //= b1
+        o0 = r % b0
+        r //= b0
+        n = r % nt
+        r //= nt
+        t2 = r % K2
+        r //= K2
+        t1 = r % K1
+        r //= K1
+        t0 = r % K0
+        c = r // K0
+        z = (a0 + o0) * s0 + t0 * d0 - l0
+        y = (a1 + o1) * s1 + t1 * d1 - l1
+        w = (a2 + o2) * s2 + t2 * d2 - l2
+        dst = c * sc + ((t0 * K1 + t1) * K2 + t2) * st + n * sn + (o0 * b1 + o1) * b2 + o2
+        if 0 <= z < D and 0 <= y < H and 0 <= w < W:
+            cols[dst] = x[((((n0 + n) * C + c) * D + z) * H + y) * W + w]
+        else:
+            cols[dst] = 0
+
+
+@kernel
+def col2im_gather(
+    n_items, zero, cols, out, C, D, H, W, l0, l1, l2, K0, K1, K2, s0, s1, s2, d0, d1, d2,
+    n0, nt, a0, a1, a2, b0, b1, b2, sc, st, sn, r0, r1, r2, R0, R1, R2, accumulate,
+):  # fmt: skip
+    """out[n0 + n, c, p] (+)= Σ_t cols[c, t, n, o] over the taps t and box positions o
+    with (a + o)·s + t·d = p + lo: the adjoint of :func:`im2col`, as a gather.
+
+    One thread per element of the region (origin r, shape R, in out's coordinates) of
+    samples n0 .. n0 + nt; n_items = nt·C·prod(R). ``accumulate`` adds to out (tiles
+    after the first) instead of overwriting it. Taps in row-major order: a fixed sum.
+    """
+    for i in range(cuda.grid(1), n_items, cuda.gridsize(1)):
+        r = i
+        w = r % R2 + r2
+        r //= R2
+        y = r % R1 + r1
+        r //= R1
+        z = r % R0 + r0
+        r //= R0
+        c = r % C
+        n = r // C
+        acc = zero  # of the arrays' dtype: float32 sums stay float32
+        for t0 in range(K0):
+            q0 = z + l0 - t0 * d0 - a0 * s0
+            if q0 < 0 or q0 % s0 != 0 or q0 // s0 >= b0:
+                continue
+            for t1 in range(K1):
+                q1 = y + l1 - t1 * d1 - a1 * s1
+                if q1 < 0 or q1 % s1 != 0 or q1 // s1 >= b1:
+                    continue
+                for t2 in range(K2):
+                    q2 = w + l2 - t2 * d2 - a2 * s2
+                    if q2 < 0 or q2 % s2 != 0 or q2 // s2 >= b2:
+                        continue
+                    o = ((q0 // s0) * b1 + q1 // s1) * b2 + q2 // s2
+                    acc += cols[c * sc + ((t0 * K1 + t1) * K2 + t2) * st + n * sn + o]
+        j = ((((n0 + n) * C + c) * D + z) * H + y) * W + w
+        if accumulate:
+            out[j] += acc
+        else:
+            out[j] = acc
+
+
+@kernel
+def depthwise_forward(
+    n_items, zero, x, w, y, C, m, D, H, W, l0, l1, l2, K0, K1, K2, s0, s1, s2, d0, d1, d2,
+    O0, O1, O2,
+):  # fmt: skip
+    """y[n, c·m + j, o] = Σ_t w[c·m + j, 0, t] · x[n, c, o·s + t·d - lo] (eq. F, groups = C).
+
+    One thread per output element; n_items = N·C·m·prod(O)."""
+    for i in range(cuda.grid(1), n_items, cuda.gridsize(1)):
+        r = i
+        o2 = r % O2
+        r //= O2
+        o1 = r % O1
+        r //= O1
+        o0 = r % O0
+        r //= O0
+        co = r % (C * m)
+        n = r // (C * m)
+        c = co // m
+        base = (n * C + c) * D
+        acc = zero
+        for t0 in range(K0):
+            z = o0 * s0 + t0 * d0 - l0
+            if z < 0 or z >= D:
+                continue
+            for t1 in range(K1):
+                yy = o1 * s1 + t1 * d1 - l1
+                if yy < 0 or yy >= H:
+                    continue
+                for t2 in range(K2):
+                    ww = o2 * s2 + t2 * d2 - l2
+                    if ww < 0 or ww >= W:
+                        continue
+                    acc += (
+                        w[((co * K0 + t0) * K1 + t1) * K2 + t2] * x[((base + z) * H + yy) * W + ww]
+                    )
+        y[i] = acc
+
+
+@kernel
+def depthwise_input_grad(
+    n_items, zero, dy, w, dx, C, m, D, H, W, l0, l1, l2, K0, K1, K2, s0, s1, s2, d0, d1, d2,
+    O0, O1, O2,
+):  # fmt: skip
+    """dx[n, c, p] = Σ_{j, t} w[c·m + j, 0, t] · δ[n, c·m + j, o] over o·s + t·d = p + lo
+    (eq. BX, groups = C), a gather: one thread per element of dx (N, C, D, H, W)."""
+    for i in range(cuda.grid(1), n_items, cuda.gridsize(1)):
+        r = i
+        p2 = r % W
+        r //= W
+        p1 = r % H
+        r //= H
+        p0 = r % D
+        r //= D
+        c = r % C
+        n = r // C
+        acc = zero
+        for j in range(m):
+            co = c * m + j
+            base = (n * C * m + co) * O0
+            for t0 in range(K0):
+                q0 = p0 + l0 - t0 * d0
+                if q0 < 0 or q0 % s0 != 0 or q0 // s0 >= O0:
+                    continue
+                for t1 in range(K1):
+                    q1 = p1 + l1 - t1 * d1
+                    if q1 < 0 or q1 % s1 != 0 or q1 // s1 >= O1:
+                        continue
+                    for t2 in range(K2):
+                        q2 = p2 + l2 - t2 * d2
+                        if q2 < 0 or q2 % s2 != 0 or q2 // s2 >= O2:
+                            continue
+                        acc += (
+                            w[((co * K0 + t0) * K1 + t1) * K2 + t2]
+                            * dy[((base + q0 // s0) * O1 + q1 // s1) * O2 + q2 // s2]
+                        )
+        dx[i] = acc
+
+
+@kernel
+def depthwise_weight_grad(
+    n_items, zero, dy, x, part, C, m, D, H, W, l0, l1, l2, K0, K1, K2, s0, s1, s2, d0, d1, d2,
+    O0, O1, O2,
+):  # fmt: skip
+    """part[n, c·m + j, t] = Σ_o δ[n, c·m + j, o] · x[n, c, o·s + t·d - lo] (eq. BW for one
+    sample; the caller sums over n). One thread per (n, output channel, tap), the output
+    positions summed in row-major order: deterministic; n_items = N·C·m·prod(K)."""
+    for i in range(cuda.grid(1), n_items, cuda.gridsize(1)):
+        r = i
+        t2 = r % K2
+        r //= K2
+        t1 = r % K1
+        r //= K1
+        t0 = r % K0
+        r //= K0
+        co = r % (C * m)
+        n = r // (C * m)
+        c = co // m
+        xbase = (n * C + c) * D
+        dbase = (n * C * m + co) * O0
+        acc = zero
+        for o0 in range(O0):
+            z = o0 * s0 + t0 * d0 - l0
+            if z < 0 or z >= D:
+                continue
+            for o1 in range(O1):
+                yy = o1 * s1 + t1 * d1 - l1
+                if yy < 0 or yy >= H:
+                    continue
+                for o2 in range(O2):
+                    ww = o2 * s2 + t2 * d2 - l2
+                    if ww < 0 or ww >= W:
+                        continue
+                    acc += (
+                        dy[((dbase + o0) * O1 + o1) * O2 + o2] * x[((xbase + z) * H + yy) * W + ww]
+                    )
+        part[i] = acc
