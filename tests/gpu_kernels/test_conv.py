@@ -23,19 +23,12 @@ from foldconv.cuda.testing import gpu_path_on_cpu  # noqa: E402
 from foldconv.functional import dispatch  # noqa: E402
 from foldconv.functional._args import conv_geometry  # noqa: E402
 from foldconv.functional.unfold import fold, unfold  # noqa: E402
-
-TOL = {np.float64: 1e-10, np.float32: 1e-5, np.float16: 1e-3}
-
-
-def close(gpu, cpu, dtype):
-    """Equal up to the dtype's tolerance, relative to the result's magnitude."""
-    gpu, cpu = np.asarray(gpu), np.asarray(cpu)
-    assert gpu.shape == cpu.shape and gpu.dtype == cpu.dtype
-    if cpu.size == 0:
-        return
-    scale = max(float(np.max(np.abs(cpu.astype(np.float64)))), 1e-30)
-    err = float(np.max(np.abs(gpu.astype(np.float64) - cpu.astype(np.float64)))) / scale
-    assert err <= TOL[np.dtype(dtype).type], err
+from tests.gpu_kernels.conv_cases import (  # noqa: E402
+    CONV_CASES,
+    TRANSPOSE_CASES,
+    UNFOLD_CASES,
+    close,
+)
 
 
 def both(fn):
@@ -65,34 +58,6 @@ class Counter:
             return k(*args)
 
         return launch
-
-
-# (x shape, weight shape, options): 1-d, 2-d and 3-d; stride, dilation, asymmetric and
-# 'same' padding, groups, depthwise (multiplier 1 and 2), padding modes, unbatched input.
-CONV_CASES = {
-    "1d_stride_pad": ((2, 3, 9), (4, 3, 3), dict(stride=2, padding=1)),
-    "1d_same_dilated": ((2, 2, 8), (3, 2, 3), dict(padding="same", dilation=2)),
-    "2d_asym_groups": (
-        (2, 4, 7, 6),
-        (6, 2, 3, 2),
-        dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2), groups=2),
-    ),
-    "2d_same_stride2": ((1, 2, 7, 5), (3, 2, 3, 3), dict(padding="same", stride=2)),
-    "2d_pointwise": ((2, 3, 4, 5), (4, 3, 1, 1), dict()),
-    "2d_reflect": ((2, 2, 5, 6), (3, 2, 3, 3), dict(padding=(1, 2), padding_mode="reflect")),
-    "2d_circular": ((1, 2, 5, 4), (2, 1, 3, 2), dict(padding=1, groups=2, padding_mode="circular")),
-    "3d_groups": ((2, 2, 4, 5, 3), (4, 1, 2, 3, 2), dict(stride=(1, 2, 1), padding=1, groups=2)),
-    "depthwise_2d": ((2, 3, 6, 5), (3, 1, 3, 3), dict(stride=2, padding=1, groups=3)),
-    "depthwise_2d_mult2": ((1, 2, 5, 6), (4, 1, 3, 2), dict(padding=(1, 0), dilation=2, groups=2)),
-    "depthwise_1d": ((2, 3, 10), (3, 1, 4), dict(stride=3, padding="same", groups=3)),
-    "depthwise_3d": ((1, 2, 4, 3, 5), (2, 1, 2, 2, 3), dict(padding=(1, 0, 1), groups=2)),
-    "depthwise_replicate": (
-        (1, 2, 5, 5),
-        (2, 1, 3, 3),
-        dict(padding=1, groups=2, padding_mode="replicate"),
-    ),  # noqa: E501
-    "unbatched": ((3, 6, 5), (2, 3, 2, 2), dict(stride=2)),
-}
 
 
 @pytest.mark.parametrize("case", list(CONV_CASES))
@@ -128,23 +93,6 @@ def test_float32_and_float16(case, dtype):
     cpu, gpu = both(lambda: F.conv_backward(dy, x, w, **opts))
     for g_, c_ in zip(gpu, cpu, strict=True):
         close(g_, c_, dtype)
-
-
-TRANSPOSE_CASES = {
-    "1d": ((2, 3, 5), (3, 2, 3), dict(stride=2, padding=1, output_padding=1)),
-    "2d_groups_dilated": (
-        (2, 4, 3, 4),
-        (4, 1, 2, 3),
-        dict(stride=(2, 1), padding=((1, 0), (0, 1)), dilation=(1, 2), groups=2),
-    ),
-    "2d_output_padding_under_dilation": (
-        (1, 2, 4, 3),
-        (2, 3, 3, 2),
-        dict(stride=1, dilation=2, output_padding=1),
-    ),
-    "3d": ((1, 2, 2, 3, 2), (2, 2, 2, 2, 3), dict(stride=(2, 1, 2), padding=(0, 1, 1))),
-    "depthwise": ((2, 3, 4, 4), (3, 1, 3, 3), dict(stride=2, padding=1, groups=3)),
-}
 
 
 @pytest.mark.parametrize("case", list(TRANSPOSE_CASES))
@@ -191,6 +139,28 @@ def test_explicit_algorithms_run_the_gpu_im2col(algorithm, monkeypatch):
     if algorithm != "full_conv":  # a backward-only name
         (y,), (yg,) = both(lambda: F.conv(x, w, padding=1, algorithm=algorithm))
         close(yg, y, np.float64)
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "im2col", "direct", "winograd", "depthwise"])
+def test_no_cpu_kernel_runs_on_the_gpu_path(algorithm, monkeypatch):
+    def cpu_kernel(*args, **kwargs):
+        raise AssertionError("a CPU convolution kernel ran on the GPU path")
+
+    poisoned = {
+        p: {name: (ok, cpu_kernel) for name, (ok, _) in table.items()}
+        for p, table in dispatch._KERNELS.items()
+    }
+    monkeypatch.setattr(dispatch, "_KERNELS", poisoned)
+    monkeypatch.setattr(dispatch, "_pads_itself", cpu_kernel)
+    monkeypatch.setattr(dispatch, "threads_ready", cpu_kernel)
+    rng = np.random.default_rng(8)
+    groups = 2 if algorithm == "depthwise" else 1
+    x, w = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((2, 2 // groups, 3, 3))
+    with gpu_path_on_cpu():
+        y = F.conv(x, w, padding=1, groups=groups, algorithm=algorithm)
+        F.conv_backward(y, x, w, padding=1, groups=groups, algorithm=algorithm)
+        y = F.conv_transpose(x, w, padding=1, groups=groups, algorithm=algorithm)
+        F.conv_transpose_backward(y, x, w, padding=1, groups=groups, algorithm=algorithm)
 
 
 def test_unsupported_explicit_algorithms_are_the_same_error_on_both_paths():
@@ -310,15 +280,6 @@ def test_conv_layers_forward_and_backward():
             close(layer.backward(dy), dx, np.float64)
         close(layer.weight.grad, dw, np.float64)
         close(layer.bias.grad, db, np.float64)
-
-
-UNFOLD_CASES = [
-    ((2, 3, 7), (3,), dict(padding=1, stride=2)),
-    ((1, 2, 5, 6), (2, 3), dict(padding=((1, 0), (2, 1)), dilation=(2, 1), stride=(1, 2))),
-    ((2, 4, 5), (2, 2), dict(padding=1)),  # unbatched 2-d
-    ((1, 1, 3, 4, 3), (2, 2, 2), dict(stride=(1, 2, 1), padding=(0, 1, 1))),
-    ((0, 2, 4, 4), (2, 2), dict()),
-]
 
 
 @pytest.mark.parametrize("xs,kernel,opts", UNFOLD_CASES)
