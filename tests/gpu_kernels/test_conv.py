@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 
@@ -23,6 +25,7 @@ from foldconv.cuda.testing import gpu_path_on_cpu  # noqa: E402
 from foldconv.functional import dispatch  # noqa: E402
 from foldconv.functional._args import conv_geometry  # noqa: E402
 from foldconv.functional.unfold import fold, unfold  # noqa: E402
+from tests.functional.conv_cases import draw_geometry  # noqa: E402
 from tests.gpu_kernels.conv_cases import (  # noqa: E402
     CONV_CASES,
     TRANSPOSE_CASES,
@@ -78,6 +81,30 @@ def test_conv_and_gradients_match_the_cpu_path(case, monkeypatch):
     assert ("depthwise_forward" in counter.calls) == depthwise
     assert ("im2col" in counter.calls) == (not depthwise)
     assert ("col2im_gather" in counter.calls) == (not depthwise)
+
+
+@settings(max_examples=25)
+@given(data=st.data())
+def test_random_geometries_match_the_cpu_path(data):
+    geo = data.draw(st.composite(draw_geometry)())
+    n = data.draw(st.integers(1, 2))
+    cin, cout = geo["groups"] * geo["cin_g"], geo["groups"] * geo["cout_g"]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, cin) + geo["sizes"])
+    w = rng.standard_normal((cout, geo["cin_g"]) + geo["kernel"])
+    opts = dict(
+        stride=geo["stride"],
+        padding=geo["padding"],
+        dilation=geo["dilation"],
+        groups=geo["groups"],
+        padding_mode=geo["mode"],
+    )
+    (y,), (yg,) = both(lambda: F.conv(x, w, **opts))
+    close(yg, y, np.float64)
+    dy = rng.standard_normal(y.shape)
+    cpu, gpu = both(lambda: F.conv_backward(dy, x, w, **opts))
+    for g_, c_ in zip(gpu, cpu, strict=True):
+        close(g_, c_, np.float64)
 
 
 @pytest.mark.parametrize("case", ["2d_asym_groups", "3d_groups", "depthwise_2d_mult2"])
