@@ -18,9 +18,12 @@ fixed order, so results are bitwise reproducible.
 
 from __future__ import annotations
 
-from numba import cuda
-
 from foldconv.cuda import kernel
+from foldconv.cuda.launch import numba_cuda
+
+# numba.cuda, imported through the launcher: its settings (no stream sync per CuPy
+# argument) apply, and a missing numba-cuda is a clear error.
+cuda = numba_cuda()
 
 
 @kernel
