@@ -25,13 +25,14 @@ from foldconv.cuda.testing import gpu_path_on_cpu  # noqa: E402
 from foldconv.functional import dispatch  # noqa: E402
 from foldconv.functional._args import conv_geometry  # noqa: E402
 from foldconv.functional.unfold import fold, unfold  # noqa: E402
-from tests.functional.conv_cases import draw_geometry  # noqa: E402
+from tests.functional.conv_cases import draw_geometry, torch_pad_list  # noqa: E402
 from tests.gpu_kernels.conv_cases import (  # noqa: E402
     CONV_CASES,
     TRANSPOSE_CASES,
     UNFOLD_CASES,
     close,
 )
+from tests.gradcheck import directional_check, rel_err  # noqa: E402
 
 
 def both(fn):
@@ -81,6 +82,35 @@ def test_conv_and_gradients_match_the_cpu_path(case, monkeypatch):
     assert ("depthwise_forward" in counter.calls) == depthwise
     assert ("im2col" in counter.calls) == (not depthwise)
     assert ("col2im_gather" in counter.calls) == (not depthwise)
+
+
+@pytest.mark.parametrize("case", ["2d_asym_groups", "depthwise_2d_mult2", "3d_groups"])
+def test_gpu_path_against_torch_and_finite_differences(case):
+    """The two oracles of every hand-written gradient, applied to the GPU path directly."""
+    torch = pytest.importorskip("torch")
+    xs, ws, opts = CONV_CASES[case]
+    rng = np.random.default_rng(21)
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    g = conv_geometry(xs, ws, opts.get("stride", 1), opts.get("padding", 0),
+                      opts.get("dilation", 1), opts.get("groups", 1), "zeros")  # fmt: skip
+    with gpu_path_on_cpu():
+        y = F.conv(x, w, b, **opts)
+        r = rng.standard_normal(y.shape)
+        dx, dw, db = F.conv_backward(r, x, w, **opts)
+        worst = [
+            directional_check(lambda v: float(np.sum(F.conv(v, w, b, **opts) * r)), x, dx, rng),
+            directional_check(lambda v: float(np.sum(F.conv(x, v, b, **opts) * r)), w, dw, rng),
+        ]
+    assert max(worst) < 1e-7
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    conv = (None, torch.nn.functional.conv1d, torch.nn.functional.conv2d,
+            torch.nn.functional.conv3d)[len(ws) - 2]  # fmt: skip
+    padded = torch.nn.functional.pad(tx, torch_pad_list(g.pads))
+    ty = conv(padded, tw, tb, stride=g.stride, dilation=g.dilation, groups=g.groups)
+    ty.backward(torch.tensor(r))
+    assert rel_err(y, ty.detach().numpy()) <= 1e-10
+    for ours, theirs in ((dx, tx), (dw, tw), (db, tb)):
+        assert rel_err(ours, theirs.grad.numpy()) <= 1e-10
 
 
 @settings(max_examples=25)
