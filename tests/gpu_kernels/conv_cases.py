@@ -33,6 +33,12 @@ CONV_CASES = {
     ),
     "2d_same_stride2": ((1, 2, 7, 5), (3, 2, 3, 3), dict(padding="same", stride=2)),
     "2d_pointwise": ((2, 3, 4, 5), (4, 3, 1, 1), dict()),
+    "2d_pointwise_groups_replicate": (
+        (2, 4, 3, 4),
+        (6, 2, 1, 1),
+        dict(groups=2, padding=1, padding_mode="replicate"),
+    ),
+    "2d_1x1_stride2": ((1, 3, 5, 4), (2, 3, 1, 1), dict(stride=2)),
     "2d_reflect": ((2, 2, 5, 6), (3, 2, 3, 3), dict(padding=(1, 2), padding_mode="reflect")),
     "2d_circular": ((1, 2, 5, 4), (2, 1, 3, 2), dict(padding=1, groups=2, padding_mode="circular")),
     "3d_groups": ((2, 2, 4, 5, 3), (4, 1, 2, 3, 2), dict(stride=(1, 2, 1), padding=1, groups=2)),
@@ -63,6 +69,7 @@ TRANSPOSE_CASES = {
     ),
     "3d": ((1, 2, 2, 3, 2), (2, 2, 2, 2, 3), dict(stride=(2, 1, 2), padding=(0, 1, 1))),
     "depthwise": ((2, 3, 4, 4), (3, 1, 3, 3), dict(stride=2, padding=1, groups=3)),
+    "pointwise_groups": ((2, 4, 3, 3), (4, 2, 1, 1), dict(groups=2)),
 }
 
 

@@ -81,7 +81,11 @@ def test_conv_and_gradients_match_the_cpu_path(case, monkeypatch):
     depthwise = ws[1] == 1 and opts.get("groups", 1) > 1  # groups == C_in > 1
     assert ("depthwise_forward" in counter.calls) == depthwise
     assert ("im2col" in counter.calls) == (not depthwise)
-    assert ("col2im_gather" in counter.calls) == (not depthwise)
+    # A stride-1 1x1 layer's forward and input gradient are GEMMs alone (no fold).
+    pointwise = all(k == 1 for k in ws[2:]) and opts.get("stride", 1) == 1
+    assert ("col2im_gather" in counter.calls) == (not depthwise and not pointwise)
+    if pointwise:
+        assert counter.calls == ["im2col"]  # the weight gradient's columns only
 
 
 @pytest.mark.parametrize("case", ["2d_asym_groups", "depthwise_2d_mult2", "3d_groups"])

@@ -218,10 +218,30 @@ def _dy_tile(dy: Any, g: ConvGeometry, tile: Tile) -> Any:
 # ---------------------------------------------------------------------------------------
 # The passes, on an input whose origin sits at ``lo`` in the padded coordinates
 # ---------------------------------------------------------------------------------------
+def pointwise(g: ConvGeometry, x: Any) -> bool:
+    """A 1x1, stride-1 convolution that reads all of ``x`` unpadded: its columns are the
+    input itself, so the forward and the input gradient are GEMMs alone."""
+    return (
+        all(k == 1 for k in g.kernel)
+        and all(s == 1 for s in g.stride)
+        and tuple(x.shape[2:]) == g.out_shape
+    )
+
+
+def _pointwise_gemm(w_g: Any, a: Any, g: ConvGeometry, channels: int) -> Any:
+    """w_g (G, R, C/G) times each sample's a (N, C, *P) viewed as (N, G, C/G, P): one GEMM
+    batched over samples and groups, whose result (N, G, R, P) is already (N, G·R, *P)."""
+    xp = get_array_module(a)
+    out = xp.matmul(w_g, a.reshape(g.batch, g.groups, -1, math.prod(a.shape[2:])))
+    return out.reshape((g.batch, channels) + tuple(a.shape[2:]))
+
+
 def _im2col_forward(x: Any, w: Any, g: ConvGeometry, lo: tuple[int, ...]) -> Any:
     xp = get_array_module(x)
     G, cog = g.groups, g.out_channels // g.groups
     wg = w.reshape(G, cog, -1)
+    if pointwise(g, x) and all(v == 0 for v in lo):
+        return _pointwise_gemm(wg, x, g, g.out_channels)
     y = xp.empty((g.batch, g.out_channels) + g.out_shape, dtype=x.dtype)
     for tile in tiles(g, x.dtype.itemsize):
         out = xp.matmul(wg, _unfold_tile(x, g, lo, tile))  # (G, C_out/G, n·P)
@@ -249,6 +269,8 @@ def _im2col_input_grad(
     xp = get_array_module(dy)
     G, cog = g.groups, g.out_channels // g.groups
     wt = w.reshape(G, cog, -1).transpose(0, 2, 1)  # W̃ᵀ per group
+    if all(v == 0 for v in lo) and target == g.out_shape and pointwise(g, dy):
+        return _pointwise_gemm(wt, dy, g, g.in_channels)  # fold is the identity
     plan = tiles(g, dy.dtype.itemsize)
     whole = all(t.box_shape == g.out_shape for t in plan)
     # Whole-sample tiles write each element of dX once; a sample cut into boxes is summed
