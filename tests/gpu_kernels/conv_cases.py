@@ -26,6 +26,12 @@ def close(gpu, cpu, dtype):
 CONV_CASES = {
     "1d_stride_pad": ((2, 3, 9), (4, 3, 3), dict(stride=2, padding=1)),
     "1d_same_dilated": ((2, 2, 8), (3, 2, 3), dict(padding="same", dilation=2)),
+    "1d_alexnet_stem": ((1, 2, 31), (3, 2, 11), dict(stride=4, padding=2)),
+    "2d_stride_dilation_gcd": (
+        (1, 2, 13, 12),
+        (2, 2, 3, 2),
+        dict(stride=(4, 3), dilation=(2, 3), padding=((2, 1), (0, 3))),
+    ),
     "2d_asym_groups": (
         (2, 4, 7, 6),
         (6, 2, 3, 2),
@@ -74,6 +80,8 @@ TRANSPOSE_CASES = {
 
 
 UNFOLD_CASES = [
+    ((1, 2, 11, 13), (3, 2), dict(stride=(4, 3), dilation=(2, 3), padding=((2, 1), (0, 3)))),
+    ((2, 1, 20), (3,), dict(stride=4, dilation=6, padding=1)),
     ((2, 3, 7), (3,), dict(padding=1, stride=2)),
     ((1, 2, 5, 6), (2, 3), dict(padding=((1, 0), (2, 1)), dilation=(2, 1), stride=(1, 2))),
     ((2, 4, 5), (2, 2), dict(padding=1)),  # unbatched 2-d

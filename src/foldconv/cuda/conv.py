@@ -155,10 +155,24 @@ def launch_col2im(
     kc.col2im_gather(
         n_items, n_items, _zero(cols), cols, out.reshape(-1),
         c, *_three(spatial, 1), *_three(lo, 0), *_three(kernel, 1),
-        *_three(stride, 1), *_three(dilation, 1), n0, nt,
+        *_three(stride, 1), *_three(dilation, 1), *_tap_steps(stride, dilation), n0, nt,
         *_three(box_origin, 0), *_three(box_shape, 1), *col_strides,
         *_three(starts, 0), *_three(sizes, 1), accumulate,
     )  # fmt: skip
+
+
+def _tap_steps(stride: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
+    """(g, e, v) of every dimension, as 3-d: g = gcd(s, d), e = s / g and v the inverse of
+    d / g modulo e, with which a gather finds the taps landing on a position without
+    testing each (see :func:`kernels_conv.col2im_gather`)."""
+    gs, es, vs = [], [], []
+    for s, d in zip(stride, dilation, strict=True):
+        g = math.gcd(s, d)
+        e = s // g
+        gs.append(g)
+        es.append(e)
+        vs.append(pow(d // g, -1, e) if e > 1 else 0)
+    return _three(tuple(gs), 1) + _three(tuple(es), 1) + _three(tuple(vs), 0)
 
 
 def _depthwise_args(g: ConvGeometry, spatial: tuple[int, ...], lo: tuple[int, ...]) -> tuple:
@@ -314,7 +328,7 @@ def _depthwise_input_grad(
     n = dx.size
     kc.depthwise_input_grad(
         n, n, _zero(dy), dy.reshape(-1), w.reshape(-1), dx.reshape(-1),
-        *_depthwise_args(g, target, lo),
+        *_depthwise_args(g, target, lo), *_tap_steps(g.stride, g.dilation),
     )  # fmt: skip
     return dx
 
