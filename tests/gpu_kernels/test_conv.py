@@ -117,6 +117,20 @@ def test_gpu_path_against_torch_and_finite_differences(case):
         assert rel_err(ours, theirs.grad.numpy()) <= 1e-10
 
 
+@pytest.mark.parametrize("threads,shares", [(1, 1), (2 * 2 * 9 * 2, 2), (2 * 2 * 9 * 3, 3)])
+def test_depthwise_weight_grad_shares_of_rows(threads, shares, monkeypatch):
+    # 2 samples x 2 channels x 9 taps per share; 7 output rows split unevenly.
+    monkeypatch.setattr(gpu_conv, "DEPTHWISE_WEIGHT_GRAD_THREADS", threads)
+    rng = np.random.default_rng(13)
+    x, w = rng.standard_normal((2, 2, 7, 5)), rng.standard_normal((2, 1, 3, 3))
+    g = conv_geometry(x.shape, w.shape, 1, 1, 1, 2, "zeros")
+    assert gpu_conv.depthwise_weight_grad_shares(g) == shares
+    dy = rng.standard_normal((2, 2, 7, 5))
+    cpu, gpu = both(lambda: F.conv_backward(dy, x, w, padding=1, groups=2))
+    for g_, c_ in zip(gpu, cpu, strict=True):
+        close(g_, c_, np.float64)
+
+
 @settings(max_examples=25)
 @given(data=st.data())
 def test_random_geometries_match_the_cpu_path(data):

@@ -333,16 +333,30 @@ def _depthwise_input_grad(
     return dx
 
 
+# Threads that fill an H200 (132 SMs x 2048 resident threads): the depthwise weight
+# gradient splits each sample's output rows into shares until it has about this many.
+DEPTHWISE_WEIGHT_GRAD_THREADS = 1 << 18
+
+
+def depthwise_weight_grad_shares(g: ConvGeometry) -> int:
+    """Into how many shares of output rows each sample's weight-gradient sums are split
+    (a function of the geometry only, so the summation order never changes)."""
+    rows = math.prod(g.out_shape[:-1]) if g.ndim > 1 else 1
+    per_share = g.batch * g.out_channels * g.kernel_size
+    return max(1, min(rows, -(-DEPTHWISE_WEIGHT_GRAD_THREADS // max(per_share, 1))))
+
+
 def _depthwise_weight_grad(dy: Any, x: Any, g: ConvGeometry, lo: tuple[int, ...]) -> Any:
     xp = get_array_module(x)
-    # One partial sum per sample, then a fixed-order sum over the batch (xp.sum).
-    part = xp.empty((g.batch, g.out_channels, g.kernel_size), dtype=x.dtype)
+    # Partial sums per sample and share of output rows, then a fixed-order sum (xp.sum).
+    shares = depthwise_weight_grad_shares(g)
+    part = xp.empty((g.batch, shares, g.out_channels, g.kernel_size), dtype=x.dtype)
     n = part.size
     kc.depthwise_weight_grad(
         n, n, _zero(x), dy.reshape(-1), x.reshape(-1), part.reshape(-1),
-        *_depthwise_args(g, x.shape[2:], lo),
+        *_depthwise_args(g, x.shape[2:], lo), shares,
     )  # fmt: skip
-    return part.sum(axis=0).reshape((g.out_channels, 1) + g.kernel)
+    return part.sum(axis=(0, 1)).reshape((g.out_channels, 1) + g.kernel)
 
 
 # ---------------------------------------------------------------------------------------

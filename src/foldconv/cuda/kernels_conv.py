@@ -226,11 +226,13 @@ def depthwise_input_grad(
 @kernel
 def depthwise_weight_grad(
     n_items, zero, dy, x, part, C, m, D, H, W, l0, l1, l2, K0, K1, K2, s0, s1, s2, d0, d1, d2,
-    O0, O1, O2,
+    O0, O1, O2, S,
 ):  # fmt: skip
-    """part[n, c·m + j, t] = Σ_o δ[n, c·m + j, o] · x[n, c, o·s + t·d - lo] (eq. BW for one
-    sample; the caller sums over n). One thread per (n, output channel, tap), the output
-    positions summed in row-major order: deterministic; n_items = N·C·m·prod(K)."""
+    """part[n, r, c·m + j, t] = Σ_o δ[n, c·m + j, o] · x[n, c, o·s + t·d - lo] over the
+    output rows (o0, o1) of share r of S (eq. BW for one sample and a share of its rows;
+    the caller sums over n and r). One thread per (n, r, output channel, tap), positions
+    summed in row-major order: deterministic; n_items = N·S·C·m·prod(K)."""
+    rows = O0 * O1
     for i in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         r = i
         t2 = r % K2
@@ -240,24 +242,24 @@ def depthwise_weight_grad(
         t0 = r % K0
         r //= K0
         co = r % (C * m)
-        n = r // (C * m)
+        r //= C * m
+        share = r % S
+        n = r // S
         c = co // m
         xbase = (n * C + c) * D
         dbase = (n * C * m + co) * O0
         acc = zero
-        for o0 in range(O0):
+        for row in range(share * rows // S, (share + 1) * rows // S):
+            o0 = row // O1
+            o1 = row - o0 * O1
             z = o0 * s0 + t0 * d0 - l0
-            if z < 0 or z >= D:
+            yy = o1 * s1 + t1 * d1 - l1
+            if z < 0 or z >= D or yy < 0 or yy >= H:
                 continue
-            for o1 in range(O1):
-                yy = o1 * s1 + t1 * d1 - l1
-                if yy < 0 or yy >= H:
-                    continue
-                for o2 in range(O2):
-                    ww = o2 * s2 + t2 * d2 - l2
-                    if ww < 0 or ww >= W:
-                        continue
-                    acc += (
-                        dy[((dbase + o0) * O1 + o1) * O2 + o2] * x[((xbase + z) * H + yy) * W + ww]
-                    )
+            dline = ((dbase + o0) * O1 + o1) * O2
+            xline = ((xbase + z) * H + yy) * W
+            for o2 in range(O2):
+                ww = o2 * s2 + t2 * d2 - l2
+                if 0 <= ww < W:
+                    acc += dy[dline + o2] * x[xline + ww]
         part[i] = acc
