@@ -162,17 +162,18 @@ def launch_col2im(
 
 
 def _tap_steps(stride: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
-    """(g, e, v) of every dimension, as 3-d: g = gcd(s, d), e = s / g and v the inverse of
-    d / g modulo e, with which a gather finds the taps landing on a position without
-    testing each (see :func:`kernels_conv.col2im_gather`)."""
-    gs, es, vs = [], [], []
+    """(g, e, v, h) of every dimension, as 3-d: g = gcd(s, d), e = s / g, v the inverse of
+    d / g modulo e and h = d / g, with which a gather walks the taps landing on a position
+    without a test or a division per tap (see :func:`kernels_conv.col2im_gather`)."""
+    gs, es, vs, hs = [], [], [], []
     for s, d in zip(stride, dilation, strict=True):
         g = math.gcd(s, d)
         e = s // g
         gs.append(g)
         es.append(e)
         vs.append(pow(d // g, -1, e) if e > 1 else 0)
-    return _three(tuple(gs), 1) + _three(tuple(es), 1) + _three(tuple(vs), 0)
+        hs.append(d // g)
+    return _three(tuple(gs), 1) + _three(tuple(es), 1) + _three(tuple(vs), 0) + _three(tuple(hs), 1)
 
 
 def _depthwise_args(g: ConvGeometry, spatial: tuple[int, ...], lo: tuple[int, ...]) -> tuple:

@@ -33,23 +33,47 @@ def im2col(
 ):  # fmt: skip
     """cols[c, t, n, o] = x[n0 + n, c, (a + o)·s + t·d - lo], 0 outside x.
 
-    One thread per column entry; n_items = C·prod(K)·nt·prod(b)."""
-    for i in range(cuda.grid(1), n_items, cuda.gridsize(1)):
-        r = i
-        o2 = r % b2
-        r //= b2
-        o1 = r % b1
-        r //= b1
-        o0 = r % b0
-        r //= b0
-        n = r % nt
-        r //= nt
-        t2 = r % K2
-        r //= K2
-        t1 = r % K1
-        r //= K1
-        t0 = r % K0
-        c = r // K0
+    One column entry per work item, n_items = C·prod(K)·nt·prod(b), item i being the
+    entry (c, t0, t1, t2, n, o0, o1, o2) in row-major order: consecutive threads write
+    consecutive entries. Integer division is slow on a GPU, so each thread splits its
+    first item and the grid's stride into those eight digits once, then moves from item
+    to item by a mixed-radix addition (one compare per digit, no division).
+    """
+    i = cuda.grid(1)
+    if i >= n_items:
+        return
+    r = i
+    o2 = r % b2
+    r //= b2
+    o1 = r % b1
+    r //= b1
+    o0 = r % b0
+    r //= b0
+    n = r % nt
+    r //= nt
+    t2 = r % K2
+    r //= K2
+    t1 = r % K1
+    r //= K1
+    t0 = r % K0
+    c = r // K0
+    step = cuda.gridsize(1)
+    r = step
+    g_o2 = r % b2
+    r //= b2
+    g_o1 = r % b1
+    r //= b1
+    g_o0 = r % b0
+    r //= b0
+    g_n = r % nt
+    r //= nt
+    g_t2 = r % K2
+    r //= K2
+    g_t1 = r % K1
+    r //= K1
+    g_t0 = r % K0
+    g_c = r // K0
+    while i < n_items:
         z = (a0 + o0) * s0 + t0 * d0 - l0
         y = (a1 + o1) * s1 + t1 * d1 - l1
         w = (a2 + o2) * s2 + t2 * d2 - l2
@@ -58,13 +82,52 @@ def im2col(
             cols[dst] = x[((((n0 + n) * C + c) * D + z) * H + y) * W + w]
         else:
             cols[dst] = 0
+        i += step
+        # (digits of i) += (digits of step): each digit and its step are below the
+        # radix, so a digit overflows at most once and carries 1.
+        o2 += g_o2
+        carry = 0
+        if o2 >= b2:
+            o2 -= b2
+            carry = 1
+        o1 += g_o1 + carry
+        carry = 0
+        if o1 >= b1:
+            o1 -= b1
+            carry = 1
+        o0 += g_o0 + carry
+        carry = 0
+        if o0 >= b0:
+            o0 -= b0
+            carry = 1
+        n += g_n + carry
+        carry = 0
+        if n >= nt:
+            n -= nt
+            carry = 1
+        t2 += g_t2 + carry
+        carry = 0
+        if t2 >= K2:
+            t2 -= K2
+            carry = 1
+        t1 += g_t1 + carry
+        carry = 0
+        if t1 >= K1:
+            t1 -= K1
+            carry = 1
+        t0 += g_t0 + carry
+        carry = 0
+        if t0 >= K0:
+            t0 -= K0
+            carry = 1
+        c += g_c + carry
 
 
 @kernel
 def col2im_gather(
     n_items, zero, cols, out, C, D, H, W, l0, l1, l2, K0, K1, K2, s0, s1, s2, d0, d1, d2,
-    g0, g1, g2, e0, e1, e2, v0, v1, v2, n0, nt, a0, a1, a2, b0, b1, b2, sc, st, sn,
-    r0, r1, r2, R0, R1, R2, accumulate,
+    g0, g1, g2, e0, e1, e2, v0, v1, v2, h0, h1, h2, n0, nt, a0, a1, a2, b0, b1, b2,
+    sc, st, sn, r0, r1, r2, R0, R1, R2, accumulate,
 ):  # fmt: skip
     """out[n0 + n, c, p] (+)= Σ_t cols[c, t, n, o] over the taps t and box positions o
     with (a + o)·s + t·d = p + lo: the adjoint of :func:`im2col`, as a gather.
@@ -73,11 +136,12 @@ def col2im_gather(
     samples n0 .. n0 + nt; n_items = nt·C·prod(R). ``accumulate`` adds to out (tiles
     after the first) instead of overwriting it.
 
-    Only the taps that can land on the position are visited: per dimension, t·d ≡ q
-    (mod s) needs q divisible by g = gcd(s, d) and then t ≡ (q/g)·v (mod e), with
-    e = s/g and v the inverse of d/g modulo e; so the taps are f, f + e, f + 2e... from
-    f = ((q/g)·v) mod e (an 11x11 stride-4 kernel visits 9 of its 121 taps, with no
-    test per tap). Taps in row-major order: a fixed sum.
+    Only the taps that land on the position are visited, without a test or a division
+    per tap: per dimension, o·s + t·d = q needs q divisible by g = gcd(s, d), and then
+    t ≡ (q/g)·v (mod e), with e = s/g and v the inverse of d/g modulo e. So the taps are
+    f, f + e, f + 2e... from f = ((q/g)·v) mod e, and each step moves o back by h = d/g
+    (an 11x11 stride-4 kernel visits 9 of its 121 taps). Taps in row-major order: a
+    fixed sum.
     """
     for i in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         r = i
@@ -89,39 +153,37 @@ def col2im_gather(
         r //= R0
         c = r % C
         n = r // C
-        # q = o·s + t·d: the position relative to the box's first input row, per dim.
-        q0b = z + l0 - a0 * s0
-        q1b = y + l1 - a1 * s1
-        q2b = w + l2 - a2 * s2
-        f0 = (q0b // g0 * v0) % e0 if q0b % g0 == 0 else K0
-        f1 = (q1b // g1 * v1) % e1 if q1b % g1 == 0 else K1
-        f2 = (q2b // g2 * v2) % e2 if q2b % g2 == 0 else K2
+        # q = o·s + t·d: the position relative to the box's first input row, per dim;
+        # (f, o): the first tap landing on it and the output position it comes from.
+        q = z + l0 - a0 * s0
+        f0 = 0 if s0 == 1 else ((q // g0 * v0) % e0 if q % g0 == 0 else K0)
+        p0 = q - f0 * d0 if s0 == 1 else (q - f0 * d0) // s0
+        q = y + l1 - a1 * s1
+        f1 = 0 if s1 == 1 else ((q // g1 * v1) % e1 if q % g1 == 0 else K1)
+        p1 = q - f1 * d1 if s1 == 1 else (q - f1 * d1) // s1
+        q = w + l2 - a2 * s2
+        f2 = 0 if s2 == 1 else ((q // g2 * v2) % e2 if q % g2 == 0 else K2)
+        p2 = q - f2 * d2 if s2 == 1 else (q - f2 * d2) // s2
         base = c * sc + n * sn
         acc = zero  # of the arrays' dtype: float32 sums stay float32
-        for t0 in range(f0, K0, e0):
-            q0 = q0b - t0 * d0
-            if q0 < 0:
-                break  # later taps start further back still
-            o0 = q0 // s0
-            if o0 >= b0:
-                continue
-            for t1 in range(f1, K1, e1):
-                q1 = q1b - t1 * d1
-                if q1 < 0:
-                    break
-                o1 = q1 // s1
-                if o1 >= b1:
-                    continue
-                row = (o0 * b1 + o1) * b2
-                tap = (t0 * K1 + t1) * K2
-                for t2 in range(f2, K2, e2):
-                    q2 = q2b - t2 * d2
-                    if q2 < 0:
-                        break
-                    o2 = q2 // s2
-                    if o2 >= b2:
-                        continue
-                    acc += cols[base + (tap + t2) * st + row + o2]
+        t0, o0 = f0, p0
+        while t0 < K0 and o0 >= 0:  # o < 0: this tap and the later ones start before q
+            if o0 < b0:
+                t1, o1 = f1, p1
+                while t1 < K1 and o1 >= 0:
+                    if o1 < b1:
+                        row = base + (o0 * b1 + o1) * b2
+                        tap = (t0 * K1 + t1) * K2
+                        t2, o2 = f2, p2
+                        while t2 < K2 and o2 >= 0:
+                            if o2 < b2:
+                                acc += cols[row + (tap + t2) * st + o2]
+                            t2 += e2
+                            o2 -= h2
+                    t1 += e1
+                    o1 -= h1
+            t0 += e0
+            o0 -= h0
         j = ((((n0 + n) * C + c) * D + z) * H + y) * W + w
         if accumulate:
             out[j] += acc
@@ -171,55 +233,52 @@ def depthwise_forward(
 @kernel
 def depthwise_input_grad(
     n_items, zero, dy, w, dx, C, m, D, H, W, l0, l1, l2, K0, K1, K2, s0, s1, s2, d0, d1, d2,
-    O0, O1, O2, g0, g1, g2, e0, e1, e2, v0, v1, v2,
+    O0, O1, O2, g0, g1, g2, e0, e1, e2, v0, v1, v2, h0, h1, h2,
 ):  # fmt: skip
     """dx[n, c, p] = Σ_{j, t} w[c·m + j, 0, t] · δ[n, c·m + j, o] over o·s + t·d = p + lo
     (eq. BX, groups = C), a gather: one thread per element of dx (N, C, D, H, W); only
     the taps that land on the position are visited, as in :func:`col2im_gather`."""
     for i in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         r = i
-        p2 = r % W
+        x2 = r % W
         r //= W
-        p1 = r % H
+        x1 = r % H
         r //= H
-        p0 = r % D
+        x0 = r % D
         r //= D
         c = r % C
         n = r // C
-        q0b = p0 + l0
-        q1b = p1 + l1
-        q2b = p2 + l2
-        f0 = (q0b // g0 * v0) % e0 if q0b % g0 == 0 else K0
-        f1 = (q1b // g1 * v1) % e1 if q1b % g1 == 0 else K1
-        f2 = (q2b // g2 * v2) % e2 if q2b % g2 == 0 else K2
+        q = x0 + l0
+        f0 = 0 if s0 == 1 else ((q // g0 * v0) % e0 if q % g0 == 0 else K0)
+        p0 = q - f0 * d0 if s0 == 1 else (q - f0 * d0) // s0
+        q = x1 + l1
+        f1 = 0 if s1 == 1 else ((q // g1 * v1) % e1 if q % g1 == 0 else K1)
+        p1 = q - f1 * d1 if s1 == 1 else (q - f1 * d1) // s1
+        q = x2 + l2
+        f2 = 0 if s2 == 1 else ((q // g2 * v2) % e2 if q % g2 == 0 else K2)
+        p2 = q - f2 * d2 if s2 == 1 else (q - f2 * d2) // s2
         acc = zero
         for j in range(m):
             co = c * m + j
             base = (n * C * m + co) * O0
-            for t0 in range(f0, K0, e0):
-                q0 = q0b - t0 * d0
-                if q0 < 0:
-                    break
-                o0 = q0 // s0
-                if o0 >= O0:
-                    continue
-                for t1 in range(f1, K1, e1):
-                    q1 = q1b - t1 * d1
-                    if q1 < 0:
-                        break
-                    o1 = q1 // s1
-                    if o1 >= O1:
-                        continue
-                    row = ((base + o0) * O1 + o1) * O2
-                    tap = ((co * K0 + t0) * K1 + t1) * K2
-                    for t2 in range(f2, K2, e2):
-                        q2 = q2b - t2 * d2
-                        if q2 < 0:
-                            break
-                        o2 = q2 // s2
-                        if o2 >= O2:
-                            continue
-                        acc += w[tap + t2] * dy[row + o2]
+            t0, o0 = f0, p0
+            while t0 < K0 and o0 >= 0:
+                if o0 < O0:
+                    t1, o1 = f1, p1
+                    while t1 < K1 and o1 >= 0:
+                        if o1 < O1:
+                            row = ((base + o0) * O1 + o1) * O2
+                            tap = ((co * K0 + t0) * K1 + t1) * K2
+                            t2, o2 = f2, p2
+                            while t2 < K2 and o2 >= 0:
+                                if o2 < O2:
+                                    acc += w[tap + t2] * dy[row + o2]
+                                t2 += e2
+                                o2 -= h2
+                        t1 += e1
+                        o1 -= h1
+                t0 += e0
+                o0 -= h0
         dx[i] = acc
 
 
