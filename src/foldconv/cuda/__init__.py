@@ -12,6 +12,7 @@ the CPU path.
 """
 
 from foldconv.cuda.launch import Kernel, kernel, simulated
+from foldconv.cuda.memory import GPUOutOfMemoryError
 from foldconv.cuda.precision import get_tf32, set_tf32
 
-__all__ = ["Kernel", "kernel", "simulated", "get_tf32", "set_tf32"]
+__all__ = ["GPUOutOfMemoryError", "Kernel", "kernel", "simulated", "get_tf32", "set_tf32"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from foldconv.backend import get_array_module
+from foldconv.backend import get_array_module, gpu_path
 from foldconv.functional import dispatch
 from foldconv.functional._args import (
     as_float_array,
@@ -256,11 +256,17 @@ def conv_transpose_backward(
     )
     dy = _batched_grad(grad_output, unbatched, (g.batch, g.in_channels) + g.in_shape)
     cdt = compute_dtype(xb.dtype)
-    dy_pad = apply_pad(dy.astype(cdt, copy=False), g.pads, "zeros")
     xc = xb.astype(cdt, copy=False)
     w = weight.astype(cdt, copy=False)
-    dx = dispatch.run("forward", algorithm, g, dy_pad, w)
-    dw = dispatch.run("weight_grad", algorithm, g, xc, dy_pad)
+    if gpu_path(xp):
+        # The GPU kernels read the zero padding themselves: no padded copy of δ.
+        dyc = dy.astype(cdt, copy=False)
+        dx = dispatch.forward_unpadded(algorithm, g, dyc, w)
+        dw = dispatch.weight_grad_unpadded(algorithm, g, xc, dyc)
+    else:
+        dy_pad = apply_pad(dy.astype(cdt, copy=False), g.pads, "zeros")
+        dx = dispatch.run("forward", algorithm, g, dy_pad, w)
+        dw = dispatch.run("weight_grad", algorithm, g, xc, dy_pad)
     db = dy.astype(cdt, copy=False).sum(axis=(0,) + tuple(range(2, 2 + g.ndim)))
     dtype = xb.dtype
     dx = dx.astype(dtype, copy=False)

@@ -12,6 +12,11 @@ Passes: ``forward`` (eq. F), ``input_grad`` (eq. BX / BX') and ``weight_grad``
   Winograd full convolution, the weight gradient in the Winograd domain;
 - ``depthwise``: direct per-tap passes for groups == C_in.
 
+On the GPU (CuPy arrays, :func:`foldconv.backend.gpu_path`) every pass goes to
+:mod:`foldconv.cuda.conv` instead: numba-cuda im2col / col2im-gather kernels with
+batched cuBLAS GEMMs, or the direct depthwise kernels; no CPU kernel ever sees a CuPy
+array (that module's docstring says what each algorithm name means there).
+
 ``auto`` asks the autotuner when :func:`set_benchmark` is on (each candidate is timed
 once per geometry, dtype and pass, and the fastest is cached, as cuDNN's benchmark mode
 does); otherwise it uses a cost model calibrated on the CPU benchmark suite
@@ -27,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from foldconv.backend import get_array_module
+from foldconv.backend import get_array_module, gpu_path
 from foldconv.functional import depthwise, depthwise_compiled, im2col, winograd
 from foldconv.functional._args import ConvGeometry
 from foldconv.functional.direct import (
@@ -251,11 +256,16 @@ def auto_algorithm(pass_: str, g: ConvGeometry, dtype: Any, xp: Any = None) -> s
     dtype : numpy dtype
         The compute dtype (float16 is computed in float32).
     xp : array module, optional
-        numpy (default) or cupy; only the autotuner's cache depends on it.
+        numpy (default) or cupy: on the GPU, 'auto' runs the depthwise kernels or
+        im2col (:func:`foldconv.cuda.conv.choose`).
     """
     if pass_ not in PASSES:
         raise ValueError(f"pass_: expected one of {', '.join(map(repr, PASSES))}, got {pass_!r}")
     dtype = np.dtype(dtype)
+    if xp is not None and gpu_path(xp):
+        from foldconv.cuda import conv as gpu_conv  # noqa: PLC0415
+
+        return gpu_conv.choose(pass_, g, dtype, "auto")
     if _benchmark:
         with _lock:
             return _tuned.get(_key(pass_, g, dtype, np if xp is None else xp))
@@ -293,6 +303,12 @@ def select(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str, xp: Any, arg
         if _benchmark:
             return _autotune(pass_, g, dtype, xp, args)
         return cost_model(pass_, g, dtype)
+    return check_algorithm(pass_, g, dtype, algorithm)
+
+
+def check_algorithm(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str) -> str:
+    """The kernel an explicitly named ``algorithm`` runs ``pass_`` with; ValueError when
+    it has none for the pass or does not support the geometry (on both devices)."""
     table = _KERNELS[pass_]
     name = algorithm if algorithm in table else _FALLBACK.get(algorithm, algorithm)
     if name not in table:
@@ -322,6 +338,10 @@ def _pads_itself(pass_: str, algorithm: str, g: ConvGeometry, *args: Any) -> Any
 def forward_unpadded(algorithm: str, g: ConvGeometry, x: Any, w: Any) -> Any:
     """Eq. F from the unpadded input x (N, C_in, *S): padded here unless the kernel
     pads by itself."""
+    if gpu_path(get_array_module(x, w)):
+        from foldconv.cuda import conv as gpu_conv  # noqa: PLC0415
+
+        return gpu_conv.forward(algorithm, g, x, w)
     y = _pads_itself("forward", algorithm, g, x, w)
     if y is None:
         y = run("forward", algorithm, g, apply_pad(x, g.pads, g.padding_mode), w)
@@ -331,6 +351,10 @@ def forward_unpadded(algorithm: str, g: ConvGeometry, x: Any, w: Any) -> Any:
 def input_grad_unpadded(algorithm: str, g: ConvGeometry, dy: Any, w: Any) -> Any:
     """Eq. BX as the gradient of the unpadded input, dX (N, C_in, *S): the padding's
     adjoint applied here unless the kernel pads by itself."""
+    if gpu_path(get_array_module(dy, w)):
+        from foldconv.cuda import conv as gpu_conv  # noqa: PLC0415
+
+        return gpu_conv.input_grad(algorithm, g, dy, w)
     dx = _pads_itself("input_grad", algorithm, g, dy, w)
     if dx is None:
         dx_pad = run("input_grad", algorithm, g, dy, w)
@@ -340,6 +364,10 @@ def input_grad_unpadded(algorithm: str, g: ConvGeometry, dy: Any, w: Any) -> Any
 
 def weight_grad_unpadded(algorithm: str, g: ConvGeometry, dy: Any, x: Any) -> Any:
     """Eq. BW from the unpadded input x: padded here unless the kernel pads by itself."""
+    if gpu_path(get_array_module(dy, x)):
+        from foldconv.cuda import conv as gpu_conv  # noqa: PLC0415
+
+        return gpu_conv.weight_grad(algorithm, g, dy, x)
     dw = _pads_itself("weight_grad", algorithm, g, dy, x)
     if dw is None:
         dw = run("weight_grad", algorithm, g, dy, apply_pad(x, g.pads, g.padding_mode))
@@ -353,6 +381,11 @@ def run(pass_: str, algorithm: str, g: ConvGeometry, *args: Any) -> Any:
     the weight gradient, a sum over no samples, is zero (as in PyTorch); no kernel runs.
     """
     xp = get_array_module(*args)
+    if gpu_path(xp):
+        from foldconv.cuda import conv as gpu_conv  # noqa: PLC0415
+
+        # forward(x_pad, w), input_grad(dy, w) -> dX_pad, weight_grad(dy, x_pad)
+        return getattr(gpu_conv, pass_)(algorithm, g, *args, padded=True)
     dtype = args[0].dtype
     if g.batch == 0:
         if algorithm != "auto":

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from foldconv._config import CACHE_TILE_BYTES, get_workspace_limit
-from foldconv.backend import get_array_module
+from foldconv.backend import get_array_module, gpu_path
 from foldconv.functional._args import (
     as_float_array,
     compute_dtype,
@@ -134,7 +134,14 @@ class Tile:
 
 
 def plan_tiles(
-    batch: int, out_shape, kernel, stride, dilation, bytes_per_position: int
+    batch: int,
+    out_shape,
+    kernel,
+    stride,
+    dilation,
+    bytes_per_position: int,
+    *,
+    group_bytes: int = CACHE_TILE_BYTES,
 ) -> Iterator[Tile]:
     """Split (batch x output positions) into tiles whose buffers fit the workspace limit.
 
@@ -143,7 +150,8 @@ def plan_tiles(
     when they fit; otherwise one sample's output is cut along its leading spatial
     dimensions, so the limit holds however large a single image is. Whole samples are
     grouped up to CACHE_TILE_BYTES (see foldconv._config), so that the buffers are still
-    in cache when the GEMM reads them.
+    in cache when the GEMM reads them; the GPU path passes ``group_bytes`` = the limit
+    (its GEMMs want the widest operand, and there is no cache to stay in).
     """
     limit = get_workspace_limit()
     max_positions = limit // max(bytes_per_position, 1)
@@ -157,7 +165,7 @@ def plan_tiles(
     if per_sample == 0 or batch == 0:
         return
     if per_sample <= max_positions:
-        cached = min(limit, CACHE_TILE_BYTES) // max(bytes_per_position, 1)
+        cached = min(limit, group_bytes) // max(bytes_per_position, 1)
         step = max(1, min(batch, cached // per_sample))
         full = tuple((0, o) for o in out_shape)
         for n0 in range(0, batch, step):
@@ -248,6 +256,13 @@ def unfold(x: Any, kernel_size: Any, dilation: Any = 1, padding: Any = 0, stride
     out_shape = _blocks(xb.shape[2:], kernel, dilation, stride, pads, "input")
     xp = get_array_module(xb)
     dtype = x.dtype
+    if gpu_path(xp):  # one im2col kernel, reading the zero padding itself
+        from foldconv.cuda import conv as gpu_conv  # noqa: PLC0415
+
+        xc = xb.astype(compute_dtype(dtype), copy=False)
+        cols = gpu_conv.unfold(xc, kernel, dilation, stride, pads, out_shape)
+        cols = cols.astype(dtype, copy=False)
+        return cols[0] if unbatched else cols
     x_pad = apply_pad(xb.astype(compute_dtype(dtype), copy=False), pads, "zeros")
     n, c = xb.shape[:2]
     cols = xp.empty((n, c) + kernel + out_shape, dtype=x_pad.dtype)
@@ -320,6 +335,13 @@ def fold(
     c = rows // taps
     xp = get_array_module(cb)
     dtype = cols.dtype
+    if gpu_path(xp):  # col2im as a gather: one thread per element of the result
+        from foldconv.cuda import conv as gpu_conv  # noqa: PLC0415
+
+        cc = cb.astype(compute_dtype(dtype), copy=False)
+        out = gpu_conv.fold(cc, size, kernel, dilation, stride, pads, out_shape)
+        out = out.astype(dtype, copy=False)
+        return out[0] if unbatched else out
     padded = tuple(s + lo + hi for s, (lo, hi) in zip(size, pads, strict=True))
     dx_pad = xp.zeros((n, c) + padded, dtype=compute_dtype(dtype))
     view = cb.astype(dx_pad.dtype, copy=False).reshape((n, c) + kernel + out_shape)
