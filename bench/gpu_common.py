@@ -178,8 +178,9 @@ class Device:
     def peak_bytes_ours(self, fn: Callable[[], Any]) -> int:
         """Peak bytes held by foldconv's arrays while ``fn`` runs (everything already
         allocated included): the CuPy pool's in-use bytes, read after each allocation by
-        a wrapping allocator (left in place only for this call); on the CPU, tracemalloc's
-        peak, which NumPy's buffers are traced by."""
+        a wrapping allocator (in place only for this call, on this thread); on the CPU,
+        tracemalloc's peak of what ``fn`` allocates (NumPy's buffers are traced; what
+        existed before is not counted)."""
         self.sync()
         if self.smoke:
             tracemalloc.start()
@@ -197,13 +198,9 @@ class Device:
             self._peak = max(self._peak, pool.used_bytes())
             return mem
 
-        previous = cp.cuda.get_allocator()
-        cp.cuda.set_allocator(tracking_malloc)
-        try:
+        with cp.cuda.using_allocator(tracking_malloc):  # this thread, this call only
             fn()
             self.sync()
-        finally:
-            cp.cuda.set_allocator(previous)
         return self._peak
 
     def reserved_bytes_ours(self) -> int | None:
