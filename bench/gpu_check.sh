@@ -101,7 +101,7 @@ run_stage machine "$cap_machine" "$py" bench/gpu_report.py machine --json "$work
 # crashes (a CUDA fault) is replaced instead of ending the run.
 echo "== tests (time cap ${cap_tests} s) =="
 t0=$SECONDS
-pytest_args=(-q -rfE -p no:cacheprovider)
+pytest_args=(-q -rfE -p no:cacheprovider --durations=15)
 if [ "$mode" = smoke ]; then
     targets=(tests/gpu)
 else

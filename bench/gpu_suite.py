@@ -8,9 +8,10 @@ with ``cudnn.allow_tf32 = False`` and ``cuda.matmul.allow_tf32 = False``):
   (``foldconv.functional.conv_backward`` vs ``torch.autograd.grad``).
 
 Each layer is first checked: ours vs torch, relative error of y, dx, dw and db (MISMATCH
-above 1e-4). Then medians of CUDA-event times after warm-up, ours and torch interleaved
-call by call; ratio ours/cuDNN; geometric means; the issue's target (fwd+bwd geometric mean
-<= 1.5, no layer over 3x). cuDNN's benchmark mode is on (its fastest algorithm per shape).
+above 1e-4), and ours run twice must agree bit for bit. Then medians of CUDA-event times
+after warm-up, ours and torch interleaved call by call; ratio ours/cuDNN; geometric means;
+the issue's target (fwd+bwd geometric mean <= 1.5, no layer over 3x). cuDNN's benchmark
+mode is on (its fastest algorithm per shape).
 
     python bench/gpu_suite.py [--quick] [--layers vgg_c3,depthwise] [--json PATH]
     python bench/gpu_suite.py --smoke      # CPU, tiny layers: checks the code, times nothing
@@ -152,7 +153,13 @@ def bench_layer(
         "dw": rel_err(dw, dwt),
         "db": rel_err(db, dbt),
     }
-    del y, dx, dw, db, yt, dxt, dwt, dbt
+    # Run to run, ours must repeat bit for bit (no atomics; issue 10).
+    y2, (dx2, dw2, db2) = ours_fwd_bwd()
+    repeatable = all(
+        np.array_equal(dev.to_numpy(a1), dev.to_numpy(a2))
+        for a1, a2 in ((y, y2), (dx, dx2), (dw, dw2), (db, db2))
+    )
+    del y, dx, dw, db, yt, dxt, dwt, dbt, y2, dx2, dw2, db2
     times = interleaved_ms(
         dev,
         {
@@ -165,7 +172,7 @@ def bench_layer(
         repeats=repeats,
         budget_s=budget_s,
     )
-    return {"errors": errors, "times": times}
+    return {"errors": errors, "repeatable": repeatable, "times": times}
 
 
 def run(
@@ -195,6 +202,9 @@ def run(
         worst = max(r["errors"].values())
         status = "ok" if worst <= MISMATCH_TOL else "MISMATCH"
         note = f"rel err ≤ {worst:.1e}"
+        if not r["repeatable"]:
+            status = "MISMATCH (run to run)"
+            note += "; a second run differs bitwise"
         for kind, label, sink in (("fwd", "fwd", ratios_fwd), ("fwd_bwd", "fwd+bwd", ratios_fb)):
             ours = median(r["times"][f"ours_{kind}"])
             ref = median(r["times"][f"torch_{kind}"])
@@ -211,6 +221,7 @@ def run(
                 torch_ms=ref,
                 reps=len(r["times"][f"ours_{kind}"]),
                 errors=r["errors"],
+                repeatable=r["repeatable"],
                 h100_cudnn_ms=H100_CUDNN_MS.get(layer.name, (None, None))[kind == "fwd_bwd"],
                 layer=layer.__dict__,
             )
