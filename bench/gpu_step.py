@@ -348,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         dev = Device(a.smoke)
         stage.doc["info"].update(strict_fp32(dev.torch))
         dev.torch.backends.cudnn.benchmark = True
-        if a.smoke:
-            dev.torch.manual_seed(0)
+        dev.torch.manual_seed(0)  # torch's dropout masks
         for i, network in enumerate(networks):
             if stage.elapsed() > a.budget:
                 stage.add(network, status="skipped (time budget)")
