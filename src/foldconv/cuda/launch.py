@@ -105,7 +105,9 @@ class Kernel:
         if n <= 0:
             return
         if self._compiled is None:
-            self._compiled = numba_cuda().jit(self.py_func)
+            # cache=True: compiled kernels are kept on disk (NUMBA_CACHE_DIR, else
+            # __pycache__), so later processes skip the ~0.3 s compile per signature.
+            self._compiled = numba_cuda().jit(cache=True)(self.py_func)
         blocks, threads = launch_config(n)
         self._compiled[blocks, threads, _stream()](*args)
 
