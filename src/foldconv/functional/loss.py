@@ -118,8 +118,10 @@ def _class_rows(
     c = input.shape[class_axis]
     if c == 0:
         raise ValueError(f"input: expected at least one class, got shape {tuple(input.shape)}")
-    if not (hasattr(target, "dtype") and hasattr(target, "shape")):
-        target = np.asarray(target)
+    if not (hasattr(target, "dtype") and hasattr(target, "shape")) or isinstance(
+        target, np.generic
+    ):
+        target = np.asarray(target)  # a number or a list: taken to the input's device
     else:
         get_array_module(input, target)  # a NumPy/CuPy mix is a TypeError, as in PyTorch
     per = tuple(input.shape[:class_axis]) + tuple(input.shape[class_axis + 1 :])
@@ -189,13 +191,14 @@ def _class_weight(weight: Any, c: int, ct: np.dtype, input: Any) -> Any:
     """The class weight (C,) in the compute dtype, or None."""
     if weight is None:
         return None
+    if hasattr(weight, "shape") and not isinstance(weight, np.generic):
+        get_array_module(input, weight)  # a NumPy/CuPy mix is a TypeError
     weight = _as_float_array(weight, "weight")
-    get_array_module(input, weight)  # a NumPy/CuPy mix is a TypeError
     if tuple(weight.shape) != (c,):
         raise ValueError(
             f"weight: expected shape ({c},) (one per class), got {tuple(weight.shape)}"
         )
-    return weight.astype(ct, copy=False)
+    return get_array_module(input).asarray(weight).astype(ct, copy=False)
 
 
 def _row_weights(r: _Rows) -> Any:
