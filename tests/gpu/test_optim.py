@@ -2,12 +2,22 @@
 every option, state moved between devices, schedules, float16, a few training steps of
 a small foldconv.nn model; bitwise run to run."""
 
+import json
+
 import numpy as np
 import pytest
 
 from foldconv import nn
 from foldconv.nn.module import Parameter
-from foldconv.optim import SGD, Adam, AdamW, StepLR, flatten_state, unflatten_state
+from foldconv.optim import (
+    SGD,
+    Adam,
+    AdamW,
+    ReduceLROnPlateau,
+    StepLR,
+    flatten_state,
+    unflatten_state,
+)
 from tests.gpu.conftest import to_cpu
 
 SHAPES = [(3, 5), (7,), (2, 1, 3), (64, 300)]
@@ -137,6 +147,16 @@ def test_learning_rate_schedule(cp):
         assert ref_opt.param_groups[0]["lr"] == ref_opt.defaults["lr"] / 4
         for p, r in zip(params, ref_params, strict=True):
             _check_close(p.data, r.data)
+
+
+def test_plateau_schedule_takes_a_device_loss(cp):
+    opt = SGD([Parameter(cp.zeros(3))], lr=1.0)
+    sched = ReduceLROnPlateau(opt, patience=0, factor=0.5)
+    sched.step(cp.asarray(1.0))  # a 0-d loss on the GPU: read once, as a float
+    sched.step(cp.asarray(2.0))
+    assert opt.param_groups[0]["lr"] == 0.5
+    assert isinstance(sched.best, float)
+    json.dumps(sched.state_dict())
 
 
 def test_state_moves_between_cpu_and_gpu(cp):
