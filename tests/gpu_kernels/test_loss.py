@@ -268,3 +268,11 @@ def test_runs_are_bitwise_equal():
         b = cross_entropy(x, t, **kw), cross_entropy_backward(x, t, **kw)
     for u, v in zip(a, b, strict=True):
         np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64])
+def test_target_dtypes_and_an_ignore_index_among_the_classes(dtype):
+    x = np.random.default_rng(16).standard_normal((6, 4, 2))
+    t = np.random.default_rng(17).integers(0, 4, (6, 2)).astype(dtype)
+    for f in (cross_entropy, cross_entropy_backward, nll_loss, nll_loss_backward):
+        _close(*_both(f, x, t, ignore_index=2), np.float64)
