@@ -216,20 +216,32 @@ def test_kernel_gradient_matches_finite_differences():
         assert rel_err(grad, numeric) < 1e-8
 
 
-def test_kernel_gradient_matches_torch():
+@pytest.mark.parametrize("shape", [(3, 5, 2), (4, 6), (5,)])
+def test_kernel_gradient_matches_torch(shape):
     torch = pytest.importorskip("torch")
-    x, t, w, ii = _problem(12, (3, 5, 2), True, True)
-    for reduction, eps in (("mean", 0.0), ("mean", 0.25), ("sum", 0.1)):
+    F = torch.nn.functional
+    x, t, w, ii = _problem(12, shape, True, len(shape) > 1)  # unbatched: its one target counts
+    go = np.random.default_rng(13).standard_normal(t.shape)
+    cases = [("mean", 0.0), ("mean", 0.25), ("sum", 0.1), ("none", 0.2)]
+    for (reduction, eps), nll in itertools.product(cases, [False, True]):
+        if nll and eps:
+            continue
+        kw = dict(weight=w, ignore_index=ii, reduction=reduction)
+        tkw = dict(kw, weight=torch.tensor(w))
+        if not nll:
+            kw["label_smoothing"] = tkw["label_smoothing"] = eps
+        f, f_back, tf = (
+            (nll_loss, nll_loss_backward, F.nll_loss)
+            if nll
+            else (cross_entropy, cross_entropy_backward, F.cross_entropy)
+        )
         xt = torch.tensor(x, requires_grad=True)
-        ref = torch.nn.functional.cross_entropy(
-            xt, torch.tensor(t), weight=torch.tensor(w), ignore_index=ii,
-            reduction=reduction, label_smoothing=eps,
-        )  # fmt: skip
-        ref.backward()
-        kw = dict(weight=w, ignore_index=ii, reduction=reduction, label_smoothing=eps)
+        ref = tf(xt, torch.tensor(t), **tkw)
+        g = go if reduction == "none" else 1.0
+        ref.backward(torch.tensor(g))
         with gpu_path_on_cpu():
-            assert rel_err(cross_entropy(x, t, **kw), ref.detach().numpy()) <= 1e-10
-            assert rel_err(cross_entropy_backward(x, t, **kw), xt.grad.numpy()) <= 1e-10
+            assert rel_err(f(x, t, **kw), ref.detach().numpy()) <= 1e-10
+            assert rel_err(f_back(x, t, grad_output=g, **kw), xt.grad.numpy()) <= 1e-10
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
