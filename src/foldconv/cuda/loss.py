@@ -234,11 +234,13 @@ def class_loss_forward(
     xp = get_array_module(z, t)
     n, c, s = _dims(z)
     m = n * s
-    rows = max(m, 1)  # never a zero-size kernel argument
-    loss = xp.zeros(rows, dtype=np.float64)
-    v = xp.zeros(rows, dtype=np.float64)
-    lse = xp.zeros(rows, dtype=np.float64)
-    bad = xp.full(rows, m, dtype=np.int64)
+    # Written row by row by _class_rows; never zero-size (a kernel argument), and not read
+    # when there are no rows.
+    rows = max(m, 1)
+    loss = xp.empty(rows, dtype=np.float64)
+    v = xp.empty(rows, dtype=np.float64)
+    lse = xp.empty(rows, dtype=np.float64)
+    bad = xp.empty(rows, dtype=np.int64)
     has_weight = w is not None
     w_arg = w if has_weight else xp.zeros(1, dtype=z.dtype)
     _class_rows(
