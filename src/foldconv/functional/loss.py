@@ -12,6 +12,11 @@ class ``weight``); 'mean' divides by W = Σ_i v_i, the sum of the weights of the
 that count (PyTorch's definition), so it is nan when W = 0 (an empty batch, or every
 target ignored), as in PyTorch.
 
+On CuPy arrays, the class losses with class-index targets run as the kernels of
+:mod:`foldconv.cuda.loss` (the loss stays on the GPU as a 0-d array; one scalar comes back
+per call, the check that every target is in range); probability targets and the MSE run
+the array code below on CuPy. Input, target and weight must be on one device.
+
 The deprecated ``size_average`` and ``reduce`` are mapped to ``reduction`` as PyTorch
 maps them (both None: ``reduction`` is used; otherwise reduce=False gives 'none',
 size_average=False gives 'sum', else 'mean'), with a DeprecationWarning.
