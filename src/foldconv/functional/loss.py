@@ -12,6 +12,11 @@ class ``weight``); 'mean' divides by W = Σ_i v_i, the sum of the weights of the
 that count (PyTorch's definition), so it is nan when W = 0 (an empty batch, or every
 target ignored), as in PyTorch.
 
+On CuPy arrays, the class losses with class-index targets run as the kernels of
+:mod:`foldconv.cuda.loss` (the loss stays on the GPU as a 0-d array; one scalar comes back
+per call, the check that every target is in range); probability targets and the MSE run
+the array code below on CuPy. Input, target and weight must be on one device.
+
 The deprecated ``size_average`` and ``reduce`` are mapped to ``reduction`` as PyTorch
 maps them (both None: ``reduction`` is used; otherwise reduce=False gives 'none',
 size_average=False gives 'sum', else 'mean'), with a DeprecationWarning.
@@ -19,11 +24,13 @@ size_average=False gives 'sum', else 'mean'), with a DeprecationWarning.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
 import numpy as np
 
+from foldconv import backend
 from foldconv.backend import get_array_module
 from foldconv.functional.activation import _as_float_array, _compute_dtype
 
@@ -90,10 +97,16 @@ class _Rows:
 
     z : (M, C) input in the compute dtype; t : (M,) int64 class indices (0 where ignored)
     and m : (M,) bool mask for index targets, or q : (M, C) class probabilities; w : (C,)
-    class weights or None; shape, dtype : the input's; per : the per-row loss shape.
+    class weights or None; shape, dtype : the input's; per : the per-row loss shape;
+    ignore : ignore_index.
+
+    kernel : True on the GPU path with index targets, where foldconv.cuda.loss's kernels
+    read the input in its own layout: z is then the input (N, C, d1, ...) ((1, C) for
+    unbatched input), C-contiguous in the compute dtype, t the raw targets (M,) as int64
+    (checked by the kernels) and m None.
     """
 
-    __slots__ = ("z", "t", "m", "q", "w", "shape", "dtype", "per", "xp")
+    __slots__ = ("z", "t", "m", "q", "w", "shape", "dtype", "per", "xp", "ignore", "kernel")
 
 
 def _class_rows(
@@ -110,17 +123,24 @@ def _class_rows(
     c = input.shape[class_axis]
     if c == 0:
         raise ValueError(f"input: expected at least one class, got shape {tuple(input.shape)}")
-    if not (hasattr(target, "dtype") and hasattr(target, "shape")):
-        target = np.asarray(target)
+    if not (hasattr(target, "dtype") and hasattr(target, "shape")) or isinstance(
+        target, np.generic
+    ):
+        target = np.asarray(target)  # a number or a list: taken to the input's device
+    else:
+        get_array_module(input, target)  # a NumPy/CuPy mix is a TypeError, as in PyTorch
     per = tuple(input.shape[:class_axis]) + tuple(input.shape[class_axis + 1 :])
     r = _Rows()
     r.shape, r.dtype, r.per, r.xp = tuple(input.shape), input.dtype, per, xp
+    r.ignore, r.kernel = ignore_index, False
     ct = _compute_dtype(input.dtype)
-    # (N, C, d1, ...) -> (M, C): classes last, one row per sample and position.
     z = input.astype(ct, copy=False)
-    z = z.reshape(1, c) if input.ndim == 1 else xp.moveaxis(z, 1, -1).reshape(-1, c)
-    r.z = z
     kind = np.dtype(target.dtype).kind
+
+    def rows(a: Any) -> Any:
+        """(N, C, d1, ...) -> (M, C): classes last, one row per sample and position."""
+        return a.reshape(1, c) if a.ndim == 1 else xp.moveaxis(a, 1, -1).reshape(-1, c)
+
     if allow_probs and tuple(target.shape) == tuple(input.shape):
         # PyTorch reads a target of the input's shape as class probabilities.
         if kind != "f":
@@ -132,8 +152,8 @@ def _class_rows(
             raise ValueError(
                 f"ignore_index: not supported with class-probability targets, got {ignore_index}"
             )
-        q = target.astype(ct, copy=False)
-        r.q = q.reshape(1, c) if input.ndim == 1 else xp.moveaxis(q, 1, -1).reshape(-1, c)
+        r.z = rows(z)
+        r.q = rows(target.astype(ct, copy=False))
         r.t = r.m = None
     else:
         if kind not in "iu":
@@ -145,6 +165,15 @@ def _class_rows(
                 f"{tuple(target.shape)}"
             )
         t = xp.asarray(target).reshape(-1).astype(np.int64, copy=False)
+        if backend.gpu_path(xp):
+            # The kernels read the input as it lies and check the targets themselves
+            # (no host round trip for the check here).
+            r.kernel = True
+            r.z = xp.ascontiguousarray(z.reshape(1, c) if z.ndim == 1 else z)
+            r.t = xp.ascontiguousarray(t)
+            r.m = r.q = None
+            r.w = _class_weight(weight, c, ct, input)
+            return r
         m = t != ignore_index
         if t.size:
             bad = (t < 0) | (t >= c)
@@ -155,18 +184,26 @@ def _class_rows(
                     f"target: expected class indices in [0, {c - 1}] (or ignore_index="
                     f"{ignore_index}), got {value}"
                 )
+        r.z = rows(z)
         r.t = xp.where(m, t, 0)
         r.m = m
         r.q = None
-    if weight is not None:
-        weight = _as_float_array(weight, "weight")
-        if tuple(weight.shape) != (c,):
-            raise ValueError(
-                f"weight: expected shape ({c},) (one per class), got {tuple(weight.shape)}"
-            )
-        weight = weight.astype(ct, copy=False)
-    r.w = weight
+    r.w = _class_weight(weight, c, ct, input)
     return r
+
+
+def _class_weight(weight: Any, c: int, ct: np.dtype, input: Any) -> Any:
+    """The class weight (C,) in the compute dtype, or None."""
+    if weight is None:
+        return None
+    if hasattr(weight, "shape") and not isinstance(weight, np.generic):
+        get_array_module(input, weight)  # a NumPy/CuPy mix is a TypeError
+    weight = _as_float_array(weight, "weight")
+    if tuple(weight.shape) != (c,):
+        raise ValueError(
+            f"weight: expected shape ({c},) (one per class), got {tuple(weight.shape)}"
+        )
+    return get_array_module(input).asarray(weight).astype(ct, copy=False)
 
 
 def _row_weights(r: _Rows) -> Any:
@@ -191,23 +228,34 @@ def _reduce(losses: Any, r: _Rows, reduction: str, denominator: Any) -> Any:
 def _row_scale(r: _Rows, reduction: str, grad_output: Any, denominator: Any) -> Any:
     """g_i, the factor of row i's gradient: dOut/dloss, / denominator for 'mean'."""
     xp = r.xp
-    go = xp.asarray(grad_output, dtype=r.z.dtype)
+    _check_grad_output(grad_output, r.per, reduction)
     if reduction == "none":
-        if tuple(go.shape) != r.per:
-            raise ValueError(
-                f"grad_output: expected shape {r.per} (reduction='none'), got {tuple(go.shape)}"
-            )
-        return go.reshape(-1)
-    if go.size != 1:
-        raise ValueError(
-            f"grad_output: expected a scalar for reduction={reduction!r}, got shape "
-            f"{tuple(go.shape)}"
-        )
-    go = go.reshape(())
+        return xp.asarray(grad_output, dtype=r.z.dtype).reshape(-1)
+    go = _scalar_grad_output(grad_output, r.z.dtype, xp)
     if reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
             go = go / denominator
     return xp.full(r.z.shape[0], go, dtype=r.z.dtype)
+
+
+def _check_grad_output(grad_output: Any, per: tuple[int, ...], reduction: str) -> None:
+    """grad_output must have the per-row loss shape for 'none', one element otherwise."""
+    shape = tuple(np.shape(grad_output))
+    if reduction == "none":
+        if shape != per:
+            raise ValueError(f"grad_output: expected shape {per} (reduction='none'), got {shape}")
+    elif math.prod(shape) != 1:
+        raise ValueError(
+            f"grad_output: expected a scalar for reduction={reduction!r}, got shape {shape}"
+        )
+
+
+def _scalar_grad_output(grad_output: Any, dtype: np.dtype, xp: Any) -> Any:
+    """A one-element grad_output in ``dtype``: a NumPy scalar for a number (so that
+    nothing is copied to the GPU for it), else a 0-d array of ``xp``."""
+    if np.isscalar(grad_output):
+        return np.dtype(dtype).type(grad_output)
+    return xp.asarray(grad_output, dtype=dtype).reshape(())
 
 
 def _unrows(g: Any, r: _Rows) -> Any:
@@ -285,6 +333,52 @@ def _ce_backward(r: _Rows, p: Any, reduction: str, eps: float, grad_output: Any)
     return _unrows(g, r)
 
 
+# The losses' two entry points, shared by the functions and the nn layers: on the GPU
+# path with index targets, foldconv.cuda.loss's kernels (which keep each row's
+# log-sum-exp and W for the gradient); otherwise the array code above (which keeps the
+# probabilities p for cross-entropy).
+def _kernel_forward(r: _Rows, reduction: str, eps: float, log_softmax: bool) -> tuple[Any, Any]:
+    from foldconv.cuda import loss as cuda_loss  # noqa: PLC0415
+
+    out, saved = cuda_loss.class_loss_forward(
+        r.z, r.t, r.w, ignore_index=r.ignore, eps=eps, log_softmax=log_softmax,
+        reduction=reduction,
+    )  # fmt: skip
+    out = out.reshape(r.per if reduction == "none" else ())
+    return out.astype(r.dtype, copy=False), saved
+
+
+def _kernel_backward(
+    r: _Rows, saved: Any, reduction: str, eps: float, log_softmax: bool, grad_output: Any
+) -> Any:
+    from foldconv.cuda import loss as cuda_loss  # noqa: PLC0415
+
+    _check_grad_output(grad_output, r.per, reduction)
+    if saved is None:  # the functional backward: the rows' sums first
+        saved = _kernel_forward(r, reduction, eps, log_softmax)[1]
+    g = cuda_loss.class_loss_backward(
+        r.z, r.t, r.w, saved, ignore_index=r.ignore, eps=eps, log_softmax=log_softmax,
+        reduction=reduction, grad_output=grad_output,
+    )  # fmt: skip
+    return g.reshape(r.shape).astype(r.dtype, copy=False)
+
+
+def _ce_loss(r: _Rows, reduction: str, eps: float, keep: bool = False) -> tuple[Any, Any]:
+    """(loss, what :func:`_ce_grad` needs, or None unless ``keep``)."""
+    if r.kernel:
+        return _kernel_forward(r, reduction, eps, True)
+    logp = _log_softmax_rows(r.z)
+    return _ce_forward(r, logp, reduction, eps), (r.xp.exp(logp) if keep else None)
+
+
+def _ce_grad(r: _Rows, saved: Any, reduction: str, eps: float, grad_output: Any) -> Any:
+    """dL/dinput from :func:`_ce_loss`'s saved values (None: recomputed)."""
+    if r.kernel:
+        return _kernel_backward(r, saved, reduction, eps, True, grad_output)
+    p = saved if saved is not None else r.xp.exp(_log_softmax_rows(r.z))
+    return _ce_backward(r, p, reduction, eps, grad_output)
+
+
 def cross_entropy(
     input: Any,
     target: Any,
@@ -325,7 +419,7 @@ def cross_entropy(
     reduction = _legacy_reduction(size_average, reduce, reduction)
     eps = _check_label_smoothing(label_smoothing)
     r = _class_rows(input, target, weight, _check_ignore_index(ignore_index), allow_probs=True)
-    return _ce_forward(r, _log_softmax_rows(r.z), reduction, eps)
+    return _ce_loss(r, reduction, eps)[0]
 
 
 def cross_entropy_backward(
@@ -360,8 +454,7 @@ def cross_entropy_backward(
     reduction = _legacy_reduction(size_average, reduce, reduction)
     eps = _check_label_smoothing(label_smoothing)
     r = _class_rows(input, target, weight, _check_ignore_index(ignore_index), allow_probs=True)
-    p = r.xp.exp(_log_softmax_rows(r.z))
-    return _ce_backward(r, p, reduction, eps, grad_output)
+    return _ce_grad(r, None, reduction, eps, grad_output)
 
 
 # ---------------------------------------------------------------------------------------
@@ -385,6 +478,19 @@ def _nll_backward(r: _Rows, reduction: str, grad_output: Any) -> Any:
         picked = -scale * v
     g[rows, r.t] = xp.where(r.m, picked, 0)
     return _unrows(g, r)
+
+
+def _nll_loss(r: _Rows, reduction: str) -> tuple[Any, Any]:
+    """(loss, what :func:`_nll_grad` needs: None off the kernel path)."""
+    if r.kernel:
+        return _kernel_forward(r, reduction, 0.0, False)
+    return _nll_forward(r, reduction), None
+
+
+def _nll_grad(r: _Rows, saved: Any, reduction: str, grad_output: Any) -> Any:
+    if r.kernel:
+        return _kernel_backward(r, saved, reduction, 0.0, False, grad_output)
+    return _nll_backward(r, reduction, grad_output)
 
 
 def nll_loss(
@@ -418,7 +524,7 @@ def nll_loss(
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
     r = _class_rows(input, target, weight, _check_ignore_index(ignore_index), allow_probs=False)
-    return _nll_forward(r, reduction)
+    return _nll_loss(r, reduction)[0]
 
 
 def nll_loss_backward(
@@ -441,7 +547,7 @@ def nll_loss_backward(
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
     r = _class_rows(input, target, weight, _check_ignore_index(ignore_index), allow_probs=False)
-    return _nll_backward(r, reduction, grad_output)
+    return _nll_grad(r, None, reduction, grad_output)
 
 
 # ---------------------------------------------------------------------------------------
@@ -450,6 +556,7 @@ def nll_loss_backward(
 def _check_mse_args(input: Any, target: Any, weight: Any) -> tuple[Any, Any, Any]:
     input = _as_float_array(input, "input")
     target = _as_float_array(target, "target")
+    get_array_module(input, target, weight)  # a NumPy/CuPy mix is a TypeError
     if tuple(target.shape) != tuple(input.shape):
         raise ValueError(
             f"target: expected the shape of input {tuple(input.shape)}, got {tuple(target.shape)}"
@@ -530,7 +637,9 @@ def mse_loss_backward(
     d = input.astype(ct, copy=False) - target.astype(ct, copy=False)
     if weight is not None:
         d = d * weight.astype(ct, copy=False)
-    go = xp.asarray(grad_output, dtype=ct)
+    scalar = np.isscalar(grad_output)
+    # A number stays a NumPy scalar: nothing to copy to the GPU for it.
+    go = ct.type(grad_output) if scalar else xp.asarray(grad_output, dtype=ct)
     if reduction == "none":
         if tuple(go.shape) not in ((), tuple(input.shape)):
             raise ValueError(
@@ -543,7 +652,7 @@ def mse_loss_backward(
             f"{tuple(go.shape)}"
         )
     else:
-        go = go.reshape(())
+        go = go if scalar else go.reshape(())
         if reduction == "mean":
             denominator = xp.sum(weight.astype(ct, copy=False)) if weight is not None else d.size
             with np.errstate(divide="ignore", invalid="ignore"):

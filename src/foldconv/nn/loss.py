@@ -74,18 +74,18 @@ class CrossEntropyLoss(_WeightedLoss):
         self.label_smoothing = F._check_label_smoothing(label_smoothing)
 
     def forward(self, input: Any, target: Any) -> Any:
-        """The loss; keeps the softmax probabilities and the target for :meth:`backward`."""
+        """The loss; keeps the softmax probabilities and the target for :meth:`backward`
+        (on the GPU with index targets: each row's log-sum-exp instead)."""
         r = F._class_rows(input, target, self.weight, self.ignore_index, allow_probs=True)
-        logp = F._log_softmax_rows(r.z)
-        loss = F._ce_forward(r, logp, self.reduction, self.label_smoothing)
-        self._cache = (r, r.xp.exp(logp))
+        loss, saved = F._ce_loss(r, self.reduction, self.label_smoothing, keep=True)
+        self._cache = (r, saved)
         return loss
 
     def backward(self, grad_output: Any = 1.0) -> Any:
         """dL/dinput (see :func:`foldconv.functional.cross_entropy_backward`): for index
         targets without weights or smoothing, g * (softmax(input) - onehot(target))."""
-        r, p = self._saved()
-        return F._ce_backward(r, p, self.reduction, self.label_smoothing, grad_output)
+        r, saved = self._saved()
+        return F._ce_grad(r, saved, self.reduction, self.label_smoothing, grad_output)
 
     def extra_repr(self) -> str:
         s = f"reduction={self.reduction!r}"
@@ -114,13 +114,14 @@ class NLLLoss(_WeightedLoss):
     def forward(self, input: Any, target: Any) -> Any:
         """The loss; keeps the target rows for :meth:`backward`."""
         r = F._class_rows(input, target, self.weight, self.ignore_index, allow_probs=False)
-        loss = F._nll_forward(r, self.reduction)
-        self._cache = r
+        loss, saved = F._nll_loss(r, self.reduction)
+        self._cache = (r, saved)
         return loss
 
     def backward(self, grad_output: Any = 1.0) -> Any:
         """dL/dinput_ij = -g_i w[t_i] [j = t_i] on the rows not ignored."""
-        return F._nll_backward(self._saved(), self.reduction, grad_output)
+        r, saved = self._saved()
+        return F._nll_grad(r, saved, self.reduction, grad_output)
 
     def extra_repr(self) -> str:
         s = f"reduction={self.reduction!r}"

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from foldconv import backend
 from foldconv.backend import get_array_module
 from foldconv.optim.optimizer import Optimizer, check_bool, check_nonneg
 
@@ -118,6 +119,9 @@ class Adam(Optimizer):
                 state["max_exp_avg_sq"] = xp.zeros_like(data)
         state["step"] += 1
         step = state["step"]
+        if backend.gpu_path(xp):
+            self._gpu_update(xp, data, grad, group, state)
+            return
         m, v = state["exp_avg"], state["exp_avg_sq"]
 
         g = -grad if group["maximize"] else grad
@@ -141,6 +145,34 @@ class Adam(Optimizer):
             v = v_max
         denom = xp.sqrt(v) / bias_correction2_sqrt + group["eps"]
         data -= (lr / bias_correction1) * (m / denom)
+
+    def _gpu_update(
+        self, xp: Any, data: Any, grad: Any, group: dict[str, Any], state: dict[str, Any]
+    ) -> None:
+        """The same update as one fused kernel launch (foldconv.cuda.optim)."""
+        from foldconv.cuda import optim as cuda_optim  # noqa: PLC0415
+
+        if group["amsgrad"] and state.get("max_exp_avg_sq") is None:
+            state["max_exp_avg_sq"] = xp.zeros_like(data)  # amsgrad switched on later
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if key in state and not state[key].flags.c_contiguous:
+                state[key] = xp.ascontiguousarray(state[key])
+        beta1, beta2 = group["betas"]
+        cuda_optim.adam_update(
+            data,
+            grad,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            state["max_exp_avg_sq"] if group["amsgrad"] else None,
+            step=state["step"],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled=self._decoupled_weight_decay,
+            maximize=group["maximize"],
+        )
 
 
 class AdamW(Adam):
