@@ -1,5 +1,7 @@
-"""Compile every foldconv GPU kernel, with every argument signature the tests launch it with,
-to PTX for a real GPU (sm_90, H200 by default): no GPU or driver needed, only a CUDA toolkit.
+"""Compile every GPU kernel the tests launch, with each of its signatures, to PTX (no GPU).
+
+Each kernel goes to PTX for a real GPU (sm_90, the H200, by default) with every argument
+signature the tests launch it with: no GPU or driver needed, only a CUDA toolkit.
 
     python bench/ptx_check.py                      # tests/gpu_kernels, sm_90
     python bench/ptx_check.py --cc 8.0 tests/gpu_kernels/test_lrn.py
@@ -16,7 +18,10 @@ This script
 2. in a fresh process, without the simulator, compiles each distinct (kernel, signature)
    once with ``numba.cuda.compile_ptx`` (NVVM), then assembles the PTX with the toolkit's
    ``ptxas`` when there is one, which reports registers and local-memory spills;
-3. prints a table (kernel, signature, OK or the error) and exits 1 if any failed.
+3. prints a table (kernel, signature, OK or the error; registers, spills and the number of
+   float64 instructions: in a float32 kernel, float64 arithmetic the simulator may not
+   have run, since there a Python float meeting a NumPy float32 gives a float32) and exits
+   1 if any failed.
 
 Exit status 77 (and a message) when no CUDA toolkit with libNVVM and libdevice is found:
 set CUDA_HOME, or install one under /usr/local/cuda*.
@@ -95,6 +100,11 @@ def record(tests: list[str], out: Path) -> int:
         print(proc.stdout[-4000:] + proc.stderr[-4000:], file=sys.stderr)
         print("WARNING: some tests failed: their later launches were not recorded", flush=True)
     return proc.returncode
+
+
+# PTX instructions on float64 values (arithmetic, conversions, loads, stores): in a kernel
+# on float32 arrays, float64 arithmetic, intended (accurate sums) or not (a float literal).
+F64_OP = re.compile(r"^\s+(?:@!?%\w+\s+)?[a-z][\w.]*\.f64\b", re.MULTILINE)
 
 
 # -- step 2: compile (runs in its own process, without the simulator) ---------------------------
@@ -247,26 +257,27 @@ def compile_all(signatures: Path, cc: tuple[int, int], keep: Path | None) -> int
     for i, r in enumerate(kernels):
         name = f"{r['module'].removeprefix('foldconv.cuda.')}.{r['qualname']}"
         sig = signature_text(r["signature"])
-        regs = spill = stack = None
+        regs = spill = stack = f64 = None
         try:
             obj: Any = importlib.import_module(r["module"])
             for part in r["qualname"].split("."):
                 obj = getattr(obj, part)
             argtypes = tuple(_numba_type(d) for d in r["signature"])
             ptx, _ = cuda.compile_ptx(obj.py_func, argtypes, cc=cc)
+            f64 = len(F64_OP.findall(ptx))
             status, regs, spill, stack = _ptxas(ptxas, ptx, arch, keep, f"{i:03d}_{name}")
             if keep and ptxas is None:
                 (keep / f"{i:03d}_{name}.ptx").write_text(ptx)
         except Exception as err:  # report every kernel, not just the first failure
             status = _first_line(err)
             failures.append((name, sig, r["first_test"], err))
-        rows.append((name, sig, status or "OK", regs, spill, stack))
+        rows.append((name, sig, status or "OK", regs, spill, stack, f64))
 
     print(f"\nPTX for {arch} ({len(rows)} kernel signatures; CUDA toolkit {home or '?'})\n")
-    print("| kernel | signature | result | registers | spill bytes | stack bytes |")
-    print("|---|---|---|---|---|---|")
-    for name, sig, status, regs, spill, stack in rows:
-        cells = ["" if v is None else str(v) for v in (regs, spill, stack)]
+    print("| kernel | signature | result | registers | spill bytes | stack bytes | f64 ops |")
+    print("|---|---|---|---|---|---|---|")
+    for name, sig, status, regs, spill, stack, f64 in rows:
+        cells = ["" if v is None else str(v) for v in (regs, spill, stack, f64)]
         print(f"| {name} | {sig} | {status} | {' | '.join(cells)} |")
     for name, sig, test, err in failures:
         print(f"\n== {name} ({sig}), launched by {test}:\n{_plain(str(err)).strip()[:3000]}")
