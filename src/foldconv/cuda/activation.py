@@ -16,6 +16,10 @@ from typing import Any
 from foldconv.cuda.launch import kernel, numba_cuda
 
 cuda = numba_cuda()
+# float(float64(v)), not float(v): in a compiled kernel Numba's float() keeps a float32 a
+# float32 (math.erf would then be CUDA's float32 erff), the simulator's is Python's float64;
+# the outer float() keeps the simulator on Python floats (no NumPy warnings on inf * 0).
+from numba import float64  # noqa: E402
 
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -24,20 +28,20 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 @kernel
 def _erf(n, x, out):
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        out[i] = math.erf(float(x[i]))
+        out[i] = math.erf(float(float64(x[i])))
 
 
 @kernel
 def _erfc(n, x, out):
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        out[i] = math.erfc(float(x[i]))
+        out[i] = math.erfc(float(float64(x[i])))
 
 
 @kernel
 def _gelu(n, x, out):
     """y = x * Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2 (no cancellation for x < 0)."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        v = float(x[i])
+        v = float(float64(x[i]))
         out[i] = v * (0.5 * math.erfc(-v * _INV_SQRT_2))
 
 
@@ -45,9 +49,9 @@ def _gelu(n, x, out):
 def _gelu_backward(n, g, x, out):
     """dx = dy * (Phi(x) + x * phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        v = float(x[i])
+        v = float(float64(x[i]))
         d = 0.5 * math.erfc(-v * _INV_SQRT_2) + v * (_INV_SQRT_2PI * math.exp(-0.5 * v * v))
-        out[i] = float(g[i]) * d
+        out[i] = float(float64(g[i])) * d
 
 
 def _flat(xp: Any, a: Any) -> Any:
