@@ -14,7 +14,6 @@ the CPU path exactly.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -51,8 +50,7 @@ def _rounded_ops(dtype: np.dtype) -> tuple[Callable, Callable, Callable]:
     return libdevice.dmul_rn, libdevice.ddiv_rn, libdevice.dsqrt_rn
 
 
-@functools.cache
-def _sgd_kernel(dtype: np.dtype, sim: bool) -> Any:
+def _make_sgd_kernel(dtype: np.dtype) -> Any:
     mul, _, _ = _rounded_ops(dtype)
 
     def sgd_update(
@@ -95,11 +93,13 @@ def _sgd_kernel(dtype: np.dtype, sim: bool) -> Any:
                     g = b
             data[i] = d - mul(g, lr)
 
+    # A module-level name per dtype (below), so that tools (bench/ptx_check.py) and
+    # numba's cache find the kernel by its qualified name.
+    sgd_update.__name__ = sgd_update.__qualname__ = f"_sgd_kernel_{np.dtype(dtype).name}"
     return kernel(sgd_update)
 
 
-@functools.cache
-def _adam_kernel(dtype: np.dtype, sim: bool) -> Any:
+def _make_adam_kernel(dtype: np.dtype) -> Any:
     mul, div, sqrt = _rounded_ops(dtype)
 
     def adam_update(
@@ -147,7 +147,18 @@ def _adam_kernel(dtype: np.dtype, sim: bool) -> Any:
             denom = div(sqrt(v), bc2_sqrt) + eps
             data[i] = d - mul(lr_over_bc1, div(m, denom))
 
+    adam_update.__name__ = adam_update.__qualname__ = f"_adam_kernel_{np.dtype(dtype).name}"
     return kernel(adam_update)
+
+
+# Built at import (the simulator's setting is read then): the rounded operations differ by
+# dtype, so each dtype has its own kernel.
+_sgd_kernel_float32 = _make_sgd_kernel(np.dtype(np.float32))
+_sgd_kernel_float64 = _make_sgd_kernel(np.dtype(np.float64))
+_adam_kernel_float32 = _make_adam_kernel(np.dtype(np.float32))
+_adam_kernel_float64 = _make_adam_kernel(np.dtype(np.float64))
+_SGD = {np.dtype(np.float32): _sgd_kernel_float32, np.dtype(np.float64): _sgd_kernel_float64}
+_ADAM = {np.dtype(np.float32): _adam_kernel_float32, np.dtype(np.float64): _adam_kernel_float64}
 
 
 def _flat(a: Any, name: str) -> Any:
@@ -228,7 +239,7 @@ def sgd_update(
         mode, buf_arg = 1, buf.reshape(-1)
     else:
         mode, buf_arg = 2, _flat(buf, "momentum_buffer")
-    k = _sgd_kernel(dt, simulated())
+    k = _SGD[dt]
     k(
         n,
         n,
@@ -291,7 +302,7 @@ def adam_update(
     bias_correction1 = 1 - beta1**step
     bias_correction2_sqrt = math.sqrt(1 - beta2**step)
     decay_mode = 0 if weight_decay == 0 else (2 if decoupled else 1)
-    k = _adam_kernel(dt, simulated())
+    k = _ADAM[dt]
     k(
         n,
         n,

@@ -12,6 +12,10 @@ nor the row-major tap numbering, nor the flat indices.
 Called by :mod:`foldconv.functional.pooling` after it has checked the arguments and
 worked out the geometry (see its module docstring); the arrays here have a batch axis
 and are in the compute dtype (float32 or float64).
+
+The float64 sums convert each term explicitly (``float64(g[o])``): a compiled kernel would
+widen ``0.0 + float32`` to float64 anyway, but the simulator follows NumPy 2's rules and
+would keep float32, so without the cast CI would test another sum than the GPU runs.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import math
 from typing import Any
 
 import numpy as np
+from numba import float64
 
 from foldconv.backend import get_array_module
 from foldconv.cuda.launch import kernel, numba_cuda
@@ -131,7 +136,7 @@ def _max_pool_backward(
                     t = ((md // DD) * KH + mh // DH) * KW + mw // DW
                     o = obase + (od * OH + oh) * OW + ow
                     if arg[o] == t:
-                        acc += g[o]
+                        acc += float64(g[o])
         gx[i] = acc
 
 
@@ -330,7 +335,7 @@ def _adaptive_avg_forward(n, x, y, D, H, W, OD, OH, OW):
         for z in range(d0, d1):
             for yy in range(h0, h1):
                 for xx in range(w0, w1):
-                    acc += x[base + (z * H + yy) * W + xx]
+                    acc += float64(x[base + (z * H + yy) * W + xx])
         y[i] = acc / ((d1 - d0) * (h1 - h0) * (w1 - w0))
 
 
@@ -351,7 +356,7 @@ def _adaptive_avg_backward(n, g, gx, D, H, W, OD, OH, OW):
                 ch = ((oh + 1) * H + OH - 1) // OH - (oh * H) // OH
                 for ow in range((xx * OW) // W, min(((xx + 1) * OW + W - 1) // W, OW)):
                     cw = ((ow + 1) * W + OW - 1) // OW - (ow * W) // OW
-                    acc += g[obase + (od * OH + oh) * OW + ow] / (cd * ch * cw)
+                    acc += float64(g[obase + (od * OH + oh) * OW + ow]) / (cd * ch * cw)
         gx[i] = acc
 
 
@@ -406,7 +411,7 @@ def _adaptive_max_backward(n, n_in, n_out, g, idx, gx, bad, D, H, W, OD, OH, OW)
                     for ow in range((xx * OW) // W, min(((xx + 1) * OW + W - 1) // W, OW)):
                         o = obase + (od * OH + oh) * OW + ow
                         if idx[o] == pos:
-                            acc += g[o]
+                            acc += float64(g[o])
             gx[i] = acc
         if i < n_out:
             ow = i % OW
