@@ -115,7 +115,8 @@ else
     fi
 fi
 echo "pytest ${targets[*]}" >"$work/tests.cmd"
-timeout -k 5 "$cap_tests" "$py" -m pytest "${pytest_args[@]}" "${targets[@]}" >"$out_dir/pytest.log" 2>&1
+# SIGINT at the cap: pytest then still prints which tests failed among those that ran.
+timeout -s INT -k 10 "$cap_tests" "$py" -m pytest "${pytest_args[@]}" "${targets[@]}" >"$out_dir/pytest.log" 2>&1
 rc=$?
 echo "$rc $((SECONDS - t0)) $cap_tests" >"$work/tests.rc"
 tail -n 8 "$out_dir/pytest.log"
