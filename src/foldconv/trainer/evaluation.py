@@ -13,7 +13,7 @@ from foldconv.backend import to_device
 from foldconv.nn.module import Module
 from foldconv.trainer.checkpoints import load_checkpoint
 from foldconv.trainer.config import _check_device, _is_int
-from foldconv.trainer.pipeline import _batches, _build_transforms
+from foldconv.trainer.pipeline import _batches, _build_transforms, _DeviceFeeder
 
 
 # --------------------------------------------------------------------------------------------
@@ -27,14 +27,16 @@ def _evaluate_loader(
 
     was_training = model.training
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum: Any = 0.0
+    correct, seen = 0, 0
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    feed = _DeviceFeeder(device)
     try:
         for x, y in _batches(loader, 0, 0):
-            xd = to_device(x, device) if device != "cpu" else x
-            yd = to_device(y, device) if device != "cpu" else y
-            logits = model(xd)
-            loss_sum += float(cross_entropy(logits, yd, reduction="sum"))
+            # On the GPU the loss is summed there; the predictions (for the confusion
+            # matrix, on the host) are the one copy back per batch.
+            logits = model(feed(x, "x"))
+            loss_sum = loss_sum + cross_entropy(logits, feed(y, "y"), reduction="sum")
             pred = np.asarray(to_device(logits.argmax(axis=1), "cpu"))
             correct += int((pred == y).sum())
             seen += len(y)
@@ -43,7 +45,7 @@ def _evaluate_loader(
         model.train(was_training)
     if seen == 0:
         return float("nan"), float("nan"), confusion
-    return loss_sum / seen, correct / seen, confusion
+    return float(to_device(loss_sum, "cpu")) / seen, correct / seen, confusion
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,6 +128,7 @@ def predict(
     *,
     k: int = 5,
     model: Module | None = None,
+    device: str = "cpu",
 ) -> list[list[tuple[str, float]]]:
     """Top-``k`` classes with probabilities for each image.
 
@@ -137,6 +140,10 @@ def predict(
         (bilinear) to their size, then preprocessed as the test set was.
     k : int
         How many classes (at most the number of classes).
+    model : Module, optional
+        For checkpoints of custom models.
+    device : 'cpu' or 'cuda'
+        Where the network runs (images are read and preprocessed on the host).
 
     Returns
     -------
@@ -144,7 +151,10 @@ def predict(
     """
     if not _is_int(k) or k < 1:
         raise ValueError(f"k: expected a positive int, got {k!r}")
+    device = _check_device(device)
     net, info = load_checkpoint(checkpoint, model)
+    if device != "cpu":
+        net.to(device)
     c = info["in_channels"]
     h, w = info["image_hw"]
     if isinstance(images, np.ndarray):
@@ -174,7 +184,10 @@ def predict(
     _, eval_tf = _build_transforms(
         info["dataset"], x.shape[2:], tuple(info["input_hw"]), info["mean"], info["std"], False
     )
-    logits = np.asarray(net(eval_tf(x)), dtype=np.float64)
+    x = eval_tf(x)
+    if device != "cpu":
+        x = _DeviceFeeder(device)(x, "x")
+    logits = np.asarray(to_device(net(x), "cpu"), dtype=np.float64)
     z = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(z)
     probs /= probs.sum(axis=1, keepdims=True)
