@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from foldconv import nn
+from foldconv.cuda.memory import GPUOutOfMemoryError
 from foldconv.data import ArrayDataset, load_dataset
 from foldconv.models import lenet5
 from foldconv.trainer import (
@@ -34,15 +35,33 @@ def small_digits():
     )
 
 
+class OOMLinear(nn.Linear):
+    """A Linear whose ``oom_at``-th training forward raises GPUOutOfMemoryError, as
+    foldconv's GPU code does when an allocation does not fit (there is no GPU here)."""
+
+    def __init__(self, *args, oom_at=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+        self.oom_at = oom_at
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.oom_at is not None and self.calls == self.oom_at:
+                raise GPUOutOfMemoryError("stand-in", requested_bytes=3 * 2**30)
+        return super().forward(x)
+
+
 class TinyNet(nn.Sequential):
     """A small network for 8x8 digits with BatchNorm (buffers) and Dropout (an RNG).
 
     ``fail_at``: the forward call (1-based) at which to raise KeyboardInterrupt *after*
     the layers ran (BatchNorm has already updated its running statistics), or
-    ``nan_at``: the call from which the logits are NaN.
+    ``nan_at``: the call from which the logits are NaN, or ``oom_at``: the call at which
+    the last layer runs out of GPU memory (BatchNorm ran before it).
     """
 
-    def __init__(self, seed=0, fail_at=None, nan_at=None):
+    def __init__(self, seed=0, fail_at=None, nan_at=None, oom_at=None):
         g = np.random.default_rng(seed)
         super().__init__(
             nn.Conv2d(1, 8, 3, padding=1, rng=g),
@@ -51,7 +70,7 @@ class TinyNet(nn.Sequential):
             nn.MaxPool2d(2),
             nn.Flatten(),
             nn.Dropout(0.25, rng=g),
-            nn.Linear(8 * 4 * 4, 10, rng=g),
+            OOMLinear(8 * 4 * 4, 10, rng=g, oom_at=oom_at),
         )
         self.calls = 0
         self.fail_at = fail_at
@@ -328,6 +347,58 @@ def test_sigint_saves_a_checkpoint(tmp_path, small_digits):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
+# -- out of GPU memory ------------------------------------------------------------------------
+def test_gpu_oom_mid_step_names_the_layer_and_keeps_the_last_checkpoint(tmp_path, small_digits):
+    """The translation path with a layer raising GPUOutOfMemoryError at epoch 2, step 14:
+    the error names the layer and where training stopped, no checkpoint is written, the
+    epoch-1 files stay byte for byte, and resuming from them gives the uninterrupted run."""
+    kw = dict(dataset=small_digits, batch_size=32, progress=False, verbose=False)
+    saved = {}
+
+    def on_step(info):
+        if info["step"] == 11:  # the epoch-1 checkpoint is on disk
+            saved.update({p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()})
+
+    with pytest.raises(GPUOutOfMemoryError) as exc:
+        train(TinyNet(oom_at=14), epochs=3, out=tmp_path, on_step=on_step, **kw)
+    msg = str(exc.value)
+    assert exc.value.layer == "6 (OOMLinear)" and exc.value.input_shape == (32, 128)
+    for needle in (
+        "out of GPU memory in 6 (OOMLinear) forward (input shape (32, 128), requested "
+        "3,221,225,472 bytes (3.00 GiB))",
+        "training stopped at epoch 2, step 14 (batch 4 of 10)",
+        f"the last good checkpoint is {tmp_path / 'last.safetensors'}",
+    ):
+        assert needle in msg, msg
+    for name in ("last.safetensors", "best.safetensors", "metrics.jsonl"):
+        assert (tmp_path / name).read_bytes() == saved[name], name
+    states = sorted(p.name for p in tmp_path.glob("*.state-*.safetensors"))
+    assert states == sorted(n for n in saved if ".state-" in n)
+    assert not list(tmp_path.glob(".*.tmp"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "out_of_memory" and summary["message"] == msg
+
+    train(TinyNet(), resume=tmp_path, epochs=2, **kw)
+    train(TinyNet(), epochs=2, out=tmp_path / "ref", **kw)
+    wa, wb = weights(tmp_path / "last.safetensors"), weights(tmp_path / "ref" / "last.safetensors")
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+
+def test_gpu_oom_before_any_checkpoint_says_so(tmp_path, small_digits):
+    with pytest.raises(GPUOutOfMemoryError, match="no checkpoint was written yet"):
+        train(
+            TinyNet(oom_at=2),
+            small_digits,
+            epochs=1,
+            batch_size=32,
+            out=tmp_path,
+            progress=False,
+            verbose=False,
+        )
+    assert not (tmp_path / "last.safetensors").exists()
+
+
 # -- evaluate / predict / errors ------------------------------------------------------------------
 def test_evaluate_and_predict(tmp_path, small_digits):
     summary = train("lenet5", small_digits, epochs=2, out=tmp_path, progress=False, verbose=False)
@@ -378,6 +449,18 @@ def test_cuda_without_cupy_is_a_clear_error(tmp_path, small_digits):
         pytest.skip("CuPy is installed")
     with pytest.raises(ValueError, match="device: 'cuda' needs CuPy"):
         train("lenet5", small_digits, device="cuda", out=tmp_path)
+    install = r"pip install 'foldconv\[cuda12\]' \(CUDA 12\) or 'foldconv\[cuda13\]'"
+    with pytest.raises(ValueError, match="device: 'cuda:1' needs CuPy.*" + install):
+        train("lenet5", small_digits, device="cuda:1", out=tmp_path)
+    train("lenet5", small_digits, epochs=1, out=tmp_path, progress=False, verbose=False)
+    for call in (
+        lambda: evaluate(tmp_path, dataset=small_digits[1], device="cuda"),
+        lambda: predict(tmp_path, small_digits[1].images[:2], device="cuda"),
+    ):
+        with pytest.raises(ValueError, match="device: 'cuda' needs CuPy.*" + install):
+            call()
+    with pytest.raises(ValueError, match="device: expected 'cpu' or 'cuda', got 'gpu'"):
+        predict(tmp_path, small_digits[1].images[:2], device="gpu")
 
 
 def test_checkpoint_metadata_format(tmp_path, small_digits):
