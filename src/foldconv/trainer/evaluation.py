@@ -27,16 +27,21 @@ def _evaluate_loader(
 
     was_training = model.training
     model.eval()
-    loss_sum: Any = 0.0
-    correct, seen = 0, 0
+    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum_device: Any = None
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     feed = _DeviceFeeder(device)
     try:
         for x, y in _batches(loader, 0, 0):
-            # On the GPU the loss is summed there; the predictions (for the confusion
-            # matrix, on the host) are the one copy back per batch.
             logits = model(feed(x, "x"))
-            loss_sum = loss_sum + cross_entropy(logits, feed(y, "y"), reduction="sum")
+            loss = cross_entropy(logits, feed(y, "y"), reduction="sum")
+            if device == "cpu":
+                loss_sum += float(loss)
+            else:
+                # Summed on the GPU (in float64, as the host sum is): the predictions,
+                # for the confusion matrix on the host, are the one copy back per batch.
+                loss = loss.astype("float64")
+                loss_sum_device = loss if loss_sum_device is None else loss_sum_device + loss
             pred = np.asarray(to_device(logits.argmax(axis=1), "cpu"))
             correct += int((pred == y).sum())
             seen += len(y)
@@ -45,7 +50,9 @@ def _evaluate_loader(
         model.train(was_training)
     if seen == 0:
         return float("nan"), float("nan"), confusion
-    return float(to_device(loss_sum, "cpu")) / seen, correct / seen, confusion
+    if loss_sum_device is not None:
+        loss_sum = float(to_device(loss_sum_device, "cpu"))
+    return loss_sum / seen, correct / seen, confusion
 
 
 # --------------------------------------------------------------------------------------------
