@@ -78,6 +78,7 @@ def evaluate(
         Default: the training run's dataset (its test split).
     batch_size : int
     device : 'cpu' or 'cuda'
+        Where the network runs (a checkpoint from either device loads on either).
     model : Module, optional
         For checkpoints of custom models.
 

@@ -177,8 +177,11 @@ def train(
         Stepped once per epoch ('plateau' on the test error).
     seed : int, default 0
         Seeds the weights, the data order, the augmentation and dropout.
-    device : 'cpu' or 'cuda'
-        'cuda' needs CuPy.
+    device : 'cpu', 'cuda' or 'cuda:<index>'
+        'cuda' needs CuPy (``pip install "foldconv[cuda12]"`` or ``[cuda13]``). The data
+        pipeline stays on the host; each batch is copied to the GPU once per step, and the
+        loss and accuracy come back once per step. Checkpoints hold host arrays, so a run
+        resumes on either device.
     out : path, optional
         Output directory; default ``runs/<model>-<dataset>-<timestamp>`` (the resumed
         directory when resuming).
@@ -223,6 +226,10 @@ def train(
         When a loss is NaN or infinite (the message names the epoch and step).
     TrainingInterrupted
         On Ctrl-C, after saving ``last.safetensors``.
+    foldconv.cuda.memory.GPUOutOfMemoryError
+        When the GPU runs out of memory: the message names the layer, its input shape, the
+        bytes asked for, the step, and the checkpoint that stays (none is written for the
+        failed step; ``summary.json`` gets status ``"out_of_memory"``).
     foldconv.trainer.distributed.DistributedError
         With ``distributed``: mpi4py missing, or not started by an MPI launcher.
     """
