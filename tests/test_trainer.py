@@ -486,3 +486,62 @@ def test_module_from_the_zoo_reloads_without_model_argument(tmp_path, small_digi
     assert info["input_hw"] == [32, 32] and net.classifier[0].weight.shape == (120, 576)
     r = evaluate(tmp_path, dataset=small_digits[1])
     assert r["accuracy"] == pytest.approx(summary["best_test_accuracy"])
+
+
+def test_device_feed_staging_logic_with_a_stand_in_cupy(monkeypatch):
+    """The pinned staging of batches, with stand-ins for CuPy (device arrays are NumPy
+    arrays with ``set``) and cupyx.empty_pinned (no GPU here; tests/gpu runs the real one):
+    one buffer per slot, grown when a batch is larger, reused only after the event recorded
+    behind its last copy was waited on; each batch arrives intact."""
+    import sys
+    import types
+
+    import foldconv.backend
+    from foldconv.trainer.pipeline import _DeviceFeeder
+
+    class DeviceArray(np.ndarray):
+        def set(self, host):
+            assert host.flags.c_contiguous and host.shape == self.shape
+            self[...] = host
+
+    events = []
+
+    class Event:
+        def __init__(self):
+            self.recorded = self.waited = False
+            events.append(self)
+
+        def record(self):
+            self.recorded = True
+
+        def synchronize(self):
+            assert self.recorded
+            self.waited = True
+
+    pinned = []
+
+    def empty_pinned(shape, dtype):
+        pinned.append(np.empty(shape, dtype))
+        return pinned[-1]
+
+    fake_cp = types.SimpleNamespace(
+        empty=lambda shape, dtype: np.empty(shape, dtype).view(DeviceArray),
+        asarray=lambda a: np.array(a).view(DeviceArray),
+        cuda=types.SimpleNamespace(Event=Event),
+    )
+    monkeypatch.setattr(foldconv.backend, "cuda_module", lambda device="cuda": fake_cp)
+    monkeypatch.setitem(sys.modules, "cupyx", types.SimpleNamespace(empty_pinned=empty_pinned))
+    feed = _DeviceFeeder("cuda")
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((n, 1, 4, 4)).astype(np.float32) for n in (8, 8, 3, 16)]
+    for i, x in enumerate(batches):
+        y = np.arange(len(x), dtype=np.int64)
+        xd, yd = feed(x[:, :, ::-1], "x"), feed(y, "y")  # a non-contiguous view too
+        assert isinstance(xd, DeviceArray) and isinstance(yd, DeviceArray)
+        np.testing.assert_array_equal(xd, x[:, :, ::-1])
+        np.testing.assert_array_equal(yd, y)
+        if i:  # the previous copies out of both buffers were waited for
+            assert all(e.waited for e in events[: 2 * i])
+    # x: 512 bytes, reused for 8 then 3 images, grown for 16; y: 64 bytes, then 128.
+    assert [p.nbytes for p in pinned] == [512, 64, 1024, 128]
+    assert feed(np.zeros((0, 1, 4, 4), np.float32), "x").shape == (0, 1, 4, 4)
