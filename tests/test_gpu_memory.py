@@ -205,3 +205,17 @@ def test_backward_wrapping_keeps_names_docs_and_super_calls():
     b(x)
     np.testing.assert_array_equal(a.backward(g), b.backward(g))
     np.testing.assert_array_equal(a.weight.grad, b.weight.grad)
+
+
+def test_the_error_pickles_with_its_fields(stand_in_cupy):
+    import pickle
+
+    layer = OOMConv2d(1, 2, 3, rng=0, raise_=lambda: StandInCupyOOM(1024, 0))
+    with pytest.raises(GPUOutOfMemoryError) as exc:
+        nn.Sequential(layer)(np.zeros((1, 1, 5, 5)))
+    err = exc.value
+    err.context = "training stopped at epoch 1, step 1"
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is GPUOutOfMemoryError and str(back) == str(err)
+    assert back.args == (str(err),) and back.layer == "0 (OOMConv2d)"
+    assert (back.requested_bytes, back.input_shape) == (1024, (1, 1, 5, 5))

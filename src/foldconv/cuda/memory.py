@@ -93,6 +93,16 @@ class GPUOutOfMemoryError(MemoryError):
     def __str__(self) -> str:
         return self._message()
 
+    def __reduce__(self) -> Any:
+        # Pickled (e.g. to report it from another process) with its fields, not the module.
+        state = {k: v for k, v in self.__dict__.items() if k != "_module"}
+        return (type(self), (self.detail,), state)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._module = None
+        self._refresh()
+
 
 def _format_bytes(n: int) -> str:
     """``1,234,567,890 bytes (1.15 GiB)``."""
