@@ -69,6 +69,9 @@ def test_module_to_cuda_without_cupy_moves_nothing():
     assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))
     with pytest.raises(TypeError, match="device: expected 'cpu' or 'cuda', got int 0"):
         model.to(0)
+    with pytest.raises(ValueError, match="device: expected 'cpu', 'cuda' or 'cuda:<index>'"):
+        model.to("tpu")
+    assert all(after[k] is v for k, v in before.items())
 
 
 def test_module_to_cpu_keeps_saved_activations_usable():

@@ -78,6 +78,7 @@ def cuda_module(device: str = "cuda") -> ModuleType:
         For an index beyond the GPUs present.
     """
     global _gpu_count
+    index = _device_index(device)
     cp = _cupy()
     if cp is None:
         raise RuntimeError(
@@ -95,7 +96,6 @@ def cuda_module(device: str = "cuda") -> ModuleType:
         if count == 0:
             raise RuntimeError(f"device: {device!r}: CuPy is installed but there is no CUDA GPU")
         _gpu_count = count
-    index = _device_index(device)
     if index is not None and index >= _gpu_count:
         raise ValueError(
             f"device: expected 'cuda' or 'cuda:0' .. 'cuda:{_gpu_count - 1}' "
