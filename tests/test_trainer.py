@@ -49,6 +49,8 @@ class OOMLinear(nn.Linear):
             self.calls += 1
             if self.oom_at is not None and self.calls == self.oom_at:
                 raise GPUOutOfMemoryError("stand-in", requested_bytes=3 * 2**30)
+        elif self.oom_at == "eval":
+            raise GPUOutOfMemoryError("stand-in")
         return super().forward(x)
 
 
@@ -385,7 +387,7 @@ def test_gpu_oom_mid_step_names_the_layer_and_keeps_the_last_checkpoint(tmp_path
         np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
 
 
-def test_gpu_oom_before_any_checkpoint_says_so(tmp_path, small_digits):
+def test_gpu_oom_before_any_checkpoint_or_in_evaluation_says_so(tmp_path, small_digits):
     with pytest.raises(GPUOutOfMemoryError, match="no checkpoint was written yet"):
         train(
             TinyNet(oom_at=2),
@@ -397,6 +399,18 @@ def test_gpu_oom_before_any_checkpoint_says_so(tmp_path, small_digits):
             verbose=False,
         )
     assert not (tmp_path / "last.safetensors").exists()
+    with pytest.raises(
+        GPUOutOfMemoryError, match="training stopped while evaluating epoch 1 .after step 10."
+    ):
+        train(
+            TinyNet(oom_at="eval"),
+            small_digits,
+            epochs=1,
+            batch_size=32,
+            out=tmp_path,
+            progress=False,
+            verbose=False,
+        )
 
 
 # -- evaluate / predict / errors ------------------------------------------------------------------

@@ -749,10 +749,14 @@ class _Run:
             if kept.exists()
             else "no checkpoint was written yet (none completed an epoch)"
         )
-        err.context = (
-            f"training stopped at epoch {self.epoch + 1}, step {self.step + 1} (batch "
-            f"{self.batch + 1} of {len(self.train_loader)}); {keep}"
-        )
+        n = len(self.train_loader)
+        if self.batch < n:
+            where = (
+                f"at epoch {self.epoch + 1}, step {self.step + 1} (batch {self.batch + 1} of {n})"
+            )
+        else:  # every batch done: in the evaluation that ends the epoch
+            where = f"while evaluating epoch {self.epoch + 1} (after step {self.step})"
+        err.context = f"training stopped {where}; {keep}"
         err._refresh()
         if self.is_root:
             self._finish_files("out_of_memory", str(err))
