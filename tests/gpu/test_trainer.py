@@ -2,7 +2,8 @@
 checkpoints moving between CPU and GPU runs (and resuming), ``foldconv evaluate/predict
 --device cuda`` in a subprocess, and a real CuPy out-of-memory error during a step.
 
-Kept short (well under a minute on a GPU): subsets of the bundled digits, two epochs.
+Kept short for the few minutes of GPU time they get: the bundled digits (subsets of them
+for the float64 runs), two or three epochs.
 """
 
 from __future__ import annotations
