@@ -559,3 +559,55 @@ def test_device_feed_staging_logic_with_a_stand_in_cupy(monkeypatch):
     # x: 512 bytes, reused for 8 then 3 images, grown for 16; y: 64 bytes, then 128.
     assert [p.nbytes for p in pinned] == [512, 64, 1024, 128]
     assert feed(np.zeros((0, 1, 4, 4), np.float32), "x").shape == (0, 1, 4, 4)
+
+
+def test_the_gpu_branch_of_step_and_evaluation_on_numpy_is_the_cpu_run(
+    tmp_path, small_digits, monkeypatch
+):
+    """The trainer's GPU code path (one transfer in, the step queued, loss and correct
+    stacked into one copy back; the evaluation's loss summed on the device) run on NumPy
+    arrays, the device copies being identities: in float64 the CPU run's losses, accuracy
+    and weights, exactly."""
+    import foldconv.trainer.evaluation as evaluation
+    from foldconv.trainer import _Run
+
+    class Identity:
+        def __init__(self, device):
+            pass
+
+        def __call__(self, a, slot):
+            return a
+
+    data = tuple(
+        ArrayDataset(d.images.astype(np.float64), d.labels, classes=d.classes) for d in small_digits
+    )
+
+    def run(gpu_branch, out):
+        losses = {}
+        r = _Run(
+            model=lenet5(10, rng=np.random.default_rng(0), dtype=np.float64),
+            dataset=data,
+            data_dir=None,
+            overrides=dict(epochs=2, batch_size=32, seed=0),
+            device="cpu",
+            out=out,
+            resume=None,
+            progress=False,
+            download=False,
+            verbose=False,
+            on_step=lambda info: losses.__setitem__(info["step"], info["loss"]),
+        )
+        if gpu_branch:
+            r.device, r.feed = "cuda", Identity("cuda")
+            monkeypatch.setattr(evaluation, "_DeviceFeeder", Identity)
+        return r.run(), losses
+
+    ref, ref_losses = run(False, tmp_path / "cpu")
+    got, got_losses = run(True, tmp_path / "gpu-branch")
+    assert got_losses == ref_losses and len(ref_losses) == 20
+    for key in ("test_accuracy", "test_loss", "train_loss", "train_accuracy"):
+        assert got[key] == ref[key], key
+    wa = weights(tmp_path / "cpu" / "last.safetensors")
+    wb = weights(tmp_path / "gpu-branch" / "last.safetensors")
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
