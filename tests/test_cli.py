@@ -133,6 +133,49 @@ def test_cuda_error_without_cupy(capsys):
     assert "CuPy" in capsys.readouterr().err
 
 
+def test_evaluate_and_predict_on_cuda_without_cupy(trained, capsys):
+    from foldconv.backend import _cupy
+
+    if _cupy() is not None:
+        pytest.skip("CuPy is installed")
+    from PIL import Image
+
+    png = trained / "digit.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
+    for argv in (
+        ["evaluate", str(trained), "--device", "cuda"],
+        ["predict", str(trained), str(png), "--device", "cuda:0"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"foldconv: error: device: {argv[-1]!r} needs CuPy"), err
+        assert "pip install 'foldconv[cuda12]'" in err and "Traceback" not in err
+
+
+def test_out_of_gpu_memory_exits_1_with_the_message(trained, capsys, monkeypatch):
+    """The CLI's handling of GPUOutOfMemoryError (raised here by a stand-in evaluate)."""
+    import foldconv.trainer
+    from foldconv.cuda.memory import GPUOutOfMemoryError
+
+    def evaluate(*args, **kwargs):
+        raise GPUOutOfMemoryError(
+            "stand-in",
+            requested_bytes=1 << 20,
+            layer="classifier.1 (Linear)",
+            input_shape=(256, 9216),
+            phase="forward",
+        )
+
+    monkeypatch.setattr(foldconv.trainer, "evaluate", evaluate)
+    assert main(["evaluate", str(trained)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "foldconv: error: out of GPU memory in classifier.1 (Linear) forward (input shape "
+        "(256, 9216), requested 1,048,576 bytes (1.00 MiB)): stand-in"
+    ), err
+    assert "Traceback" not in err
+
+
 def test_real_subprocess(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(

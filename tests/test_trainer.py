@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from foldconv import nn
+from foldconv.cuda.memory import GPUOutOfMemoryError
 from foldconv.data import ArrayDataset, load_dataset
 from foldconv.models import lenet5
 from foldconv.trainer import (
@@ -34,15 +35,35 @@ def small_digits():
     )
 
 
+class OOMLinear(nn.Linear):
+    """A Linear whose ``oom_at``-th training forward raises GPUOutOfMemoryError, as
+    foldconv's GPU code does when an allocation does not fit (there is no GPU here)."""
+
+    def __init__(self, *args, oom_at=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+        self.oom_at = oom_at
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.oom_at is not None and self.calls == self.oom_at:
+                raise GPUOutOfMemoryError("stand-in", requested_bytes=3 * 2**30)
+        elif self.oom_at == "eval":
+            raise GPUOutOfMemoryError("stand-in")
+        return super().forward(x)
+
+
 class TinyNet(nn.Sequential):
     """A small network for 8x8 digits with BatchNorm (buffers) and Dropout (an RNG).
 
     ``fail_at``: the forward call (1-based) at which to raise KeyboardInterrupt *after*
     the layers ran (BatchNorm has already updated its running statistics), or
-    ``nan_at``: the call from which the logits are NaN.
+    ``nan_at``: the call from which the logits are NaN, or ``oom_at``: the call at which
+    the last layer runs out of GPU memory (BatchNorm ran before it).
     """
 
-    def __init__(self, seed=0, fail_at=None, nan_at=None):
+    def __init__(self, seed=0, fail_at=None, nan_at=None, oom_at=None):
         g = np.random.default_rng(seed)
         super().__init__(
             nn.Conv2d(1, 8, 3, padding=1, rng=g),
@@ -51,7 +72,7 @@ class TinyNet(nn.Sequential):
             nn.MaxPool2d(2),
             nn.Flatten(),
             nn.Dropout(0.25, rng=g),
-            nn.Linear(8 * 4 * 4, 10, rng=g),
+            OOMLinear(8 * 4 * 4, 10, rng=g, oom_at=oom_at),
         )
         self.calls = 0
         self.fail_at = fail_at
@@ -328,6 +349,70 @@ def test_sigint_saves_a_checkpoint(tmp_path, small_digits):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
+# -- out of GPU memory ------------------------------------------------------------------------
+def test_gpu_oom_mid_step_names_the_layer_and_keeps_the_last_checkpoint(tmp_path, small_digits):
+    """The translation path with a layer raising GPUOutOfMemoryError at epoch 2, step 14:
+    the error names the layer and where training stopped, no checkpoint is written, the
+    epoch-1 files stay byte for byte, and resuming from them gives the uninterrupted run."""
+    kw = dict(dataset=small_digits, batch_size=32, progress=False, verbose=False)
+    saved = {}
+
+    def on_step(info):
+        if info["step"] == 11:  # the epoch-1 checkpoint is on disk
+            saved.update({p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()})
+
+    with pytest.raises(GPUOutOfMemoryError) as exc:
+        train(TinyNet(oom_at=14), epochs=3, out=tmp_path, on_step=on_step, **kw)
+    msg = str(exc.value)
+    assert exc.value.layer == "6 (OOMLinear)" and exc.value.input_shape == (32, 128)
+    for needle in (
+        "out of GPU memory in 6 (OOMLinear) forward (input shape (32, 128), requested "
+        "3,221,225,472 bytes (3.00 GiB))",
+        "training stopped at epoch 2, step 14 (batch 4 of 10)",
+        f"the last good checkpoint is {tmp_path / 'last.safetensors'}",
+    ):
+        assert needle in msg, msg
+    for name in ("last.safetensors", "best.safetensors", "metrics.jsonl"):
+        assert (tmp_path / name).read_bytes() == saved[name], name
+    states = sorted(p.name for p in tmp_path.glob("*.state-*.safetensors"))
+    assert states == sorted(n for n in saved if ".state-" in n)
+    assert not list(tmp_path.glob(".*.tmp"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "out_of_memory" and summary["message"] == msg
+
+    train(TinyNet(), resume=tmp_path, epochs=2, **kw)
+    train(TinyNet(), epochs=2, out=tmp_path / "ref", **kw)
+    wa, wb = weights(tmp_path / "last.safetensors"), weights(tmp_path / "ref" / "last.safetensors")
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+
+def test_gpu_oom_before_any_checkpoint_or_in_evaluation_says_so(tmp_path, small_digits):
+    with pytest.raises(GPUOutOfMemoryError, match="no checkpoint was written yet"):
+        train(
+            TinyNet(oom_at=2),
+            small_digits,
+            epochs=1,
+            batch_size=32,
+            out=tmp_path,
+            progress=False,
+            verbose=False,
+        )
+    assert not (tmp_path / "last.safetensors").exists()
+    with pytest.raises(
+        GPUOutOfMemoryError, match="training stopped while evaluating epoch 1 .after step 10."
+    ):
+        train(
+            TinyNet(oom_at="eval"),
+            small_digits,
+            epochs=1,
+            batch_size=32,
+            out=tmp_path,
+            progress=False,
+            verbose=False,
+        )
+
+
 # -- evaluate / predict / errors ------------------------------------------------------------------
 def test_evaluate_and_predict(tmp_path, small_digits):
     summary = train("lenet5", small_digits, epochs=2, out=tmp_path, progress=False, verbose=False)
@@ -378,6 +463,18 @@ def test_cuda_without_cupy_is_a_clear_error(tmp_path, small_digits):
         pytest.skip("CuPy is installed")
     with pytest.raises(ValueError, match="device: 'cuda' needs CuPy"):
         train("lenet5", small_digits, device="cuda", out=tmp_path)
+    install = r"pip install 'foldconv\[cuda12\]' \(CUDA 12\) or 'foldconv\[cuda13\]'"
+    with pytest.raises(ValueError, match="device: 'cuda:1' needs CuPy.*" + install):
+        train("lenet5", small_digits, device="cuda:1", out=tmp_path)
+    train("lenet5", small_digits, epochs=1, out=tmp_path, progress=False, verbose=False)
+    for call in (
+        lambda: evaluate(tmp_path, dataset=small_digits[1], device="cuda"),
+        lambda: predict(tmp_path, small_digits[1].images[:2], device="cuda"),
+    ):
+        with pytest.raises(ValueError, match="device: 'cuda' needs CuPy.*" + install):
+            call()
+    with pytest.raises(ValueError, match="device: expected 'cpu' or 'cuda', got 'gpu'"):
+        predict(tmp_path, small_digits[1].images[:2], device="gpu")
 
 
 def test_checkpoint_metadata_format(tmp_path, small_digits):
@@ -403,3 +500,114 @@ def test_module_from_the_zoo_reloads_without_model_argument(tmp_path, small_digi
     assert info["input_hw"] == [32, 32] and net.classifier[0].weight.shape == (120, 576)
     r = evaluate(tmp_path, dataset=small_digits[1])
     assert r["accuracy"] == pytest.approx(summary["best_test_accuracy"])
+
+
+def test_device_feed_staging_logic_with_a_stand_in_cupy(monkeypatch):
+    """The pinned staging of batches, with stand-ins for CuPy (device arrays are NumPy
+    arrays with ``set``) and cupyx.empty_pinned (no GPU here; tests/gpu runs the real one):
+    one buffer per slot, grown when a batch is larger, reused only after the event recorded
+    behind its last copy was waited on; each batch arrives intact."""
+    import sys
+    import types
+
+    import foldconv.backend
+    from foldconv.trainer.pipeline import _DeviceFeeder
+
+    class DeviceArray(np.ndarray):
+        def set(self, host):
+            assert host.flags.c_contiguous and host.shape == self.shape
+            self[...] = host
+
+    events = []
+
+    class Event:
+        def __init__(self):
+            self.recorded = self.waited = False
+            events.append(self)
+
+        def record(self):
+            self.recorded = True
+
+        def synchronize(self):
+            assert self.recorded
+            self.waited = True
+
+    pinned = []
+
+    def empty_pinned(shape, dtype):
+        pinned.append(np.empty(shape, dtype))
+        return pinned[-1]
+
+    fake_cp = types.SimpleNamespace(
+        empty=lambda shape, dtype: np.empty(shape, dtype).view(DeviceArray),
+        asarray=lambda a: np.array(a).view(DeviceArray),
+        cuda=types.SimpleNamespace(Event=Event),
+    )
+    monkeypatch.setattr(foldconv.backend, "cuda_module", lambda device="cuda": fake_cp)
+    monkeypatch.setitem(sys.modules, "cupyx", types.SimpleNamespace(empty_pinned=empty_pinned))
+    feed = _DeviceFeeder("cuda")
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((n, 1, 4, 4)).astype(np.float32) for n in (8, 8, 3, 16)]
+    for i, x in enumerate(batches):
+        y = np.arange(len(x), dtype=np.int64)
+        xd, yd = feed(x[:, :, ::-1], "x"), feed(y, "y")  # a non-contiguous view too
+        assert isinstance(xd, DeviceArray) and isinstance(yd, DeviceArray)
+        np.testing.assert_array_equal(xd, x[:, :, ::-1])
+        np.testing.assert_array_equal(yd, y)
+        if i:  # the previous copies out of both buffers were waited for
+            assert all(e.waited for e in events[: 2 * i])
+    # x: 512 bytes, reused for 8 then 3 images, grown for 16; y: 64 bytes, then 128.
+    assert [p.nbytes for p in pinned] == [512, 64, 1024, 128]
+    assert feed(np.zeros((0, 1, 4, 4), np.float32), "x").shape == (0, 1, 4, 4)
+
+
+def test_the_gpu_branch_of_step_and_evaluation_on_numpy_is_the_cpu_run(
+    tmp_path, small_digits, monkeypatch
+):
+    """The trainer's GPU code path (one transfer in, the step queued, loss and correct
+    stacked into one copy back; the evaluation's loss summed on the device) run on NumPy
+    arrays, the device copies being identities: in float64 the CPU run's losses, accuracy
+    and weights, exactly."""
+    import foldconv.trainer.evaluation as evaluation
+    from foldconv.trainer import _Run
+
+    class Identity:
+        def __init__(self, device):
+            pass
+
+        def __call__(self, a, slot):
+            return a
+
+    data = tuple(
+        ArrayDataset(d.images.astype(np.float64), d.labels, classes=d.classes) for d in small_digits
+    )
+
+    def run(gpu_branch, out):
+        losses = {}
+        r = _Run(
+            model=lenet5(10, rng=np.random.default_rng(0), dtype=np.float64),
+            dataset=data,
+            data_dir=None,
+            overrides=dict(epochs=2, batch_size=32, seed=0),
+            device="cpu",
+            out=out,
+            resume=None,
+            progress=False,
+            download=False,
+            verbose=False,
+            on_step=lambda info: losses.__setitem__(info["step"], info["loss"]),
+        )
+        if gpu_branch:
+            r.device, r.feed = "cuda", Identity("cuda")
+            monkeypatch.setattr(evaluation, "_DeviceFeeder", Identity)
+        return r.run(), losses
+
+    ref, ref_losses = run(False, tmp_path / "cpu")
+    got, got_losses = run(True, tmp_path / "gpu-branch")
+    assert got_losses == ref_losses and len(ref_losses) == 20
+    for key in ("test_accuracy", "test_loss", "train_loss", "train_accuracy"):
+        assert got[key] == ref[key], key
+    wa = weights(tmp_path / "cpu" / "last.safetensors")
+    wb = weights(tmp_path / "gpu-branch" / "last.safetensors")
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)

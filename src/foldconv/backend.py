@@ -60,18 +60,77 @@ def get_array_module(*arrays: Any) -> ModuleType:
     return np
 
 
+_INSTALL = (
+    "install it with pip install 'foldconv[cuda12]' (CUDA 12) or 'foldconv[cuda13]' (CUDA 13)"
+)
+_gpu_count: int | None = None
+
+
+def cuda_module(device: str = "cuda") -> ModuleType:
+    """CuPy, for arrays on ``device`` ('cuda' or 'cuda:<index>'), once a GPU is known usable.
+
+    Raises
+    ------
+    RuntimeError
+        Naming ``device`` and how to install CuPy when it cannot be imported, or what CUDA
+        said when CuPy imports but no GPU can be used.
+    ValueError
+        For an index beyond the GPUs present.
+    """
+    global _gpu_count
+    index = _device_index(device)
+    cp = _cupy()
+    if cp is None:
+        raise RuntimeError(
+            f"device: {device!r} needs CuPy, which is not installed (or cannot be imported); "
+            f"{_INSTALL}, or use device 'cpu'"
+        )
+    if _gpu_count is None:
+        try:
+            count = int(cp.cuda.runtime.getDeviceCount())
+        except Exception as err:  # no driver, no device: CUDARuntimeError
+            raise RuntimeError(
+                f"device: {device!r}: CuPy is installed but CUDA cannot be used ({err}); "
+                "check the NVIDIA driver, or use device 'cpu'"
+            ) from err
+        if count == 0:
+            raise RuntimeError(f"device: {device!r}: CuPy is installed but there is no CUDA GPU")
+        _gpu_count = count
+    if index is not None and index >= _gpu_count:
+        raise ValueError(
+            f"device: expected 'cuda' or 'cuda:0' .. 'cuda:{_gpu_count - 1}' "
+            f"({_gpu_count} GPU(s)), got {device!r}"
+        )
+    return cp
+
+
+def _device_index(device: str) -> int | None:
+    """None for 'cuda' (the current GPU), i for 'cuda:i'."""
+    if device == "cuda":
+        return None
+    head, _, tail = device.partition(":")
+    if head != "cuda" or not tail.isdigit():
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
+    return int(tail)
+
+
 def to_device(a: Any, device: str) -> Any:
-    """Move an array to ``device`` ('cpu' or 'cuda')."""
+    """Move an array to ``device`` ('cpu', 'cuda' or 'cuda:<index>').
+
+    Returns ``a`` itself when it is there already. Without CuPy, asking for 'cuda' is a
+    RuntimeError that says how to install it.
+    """
     if device == "cpu":
         return a.get() if is_cupy_array(a) else np.asarray(a)
-    if device == "cuda" or device.startswith("cuda:"):
-        cp = _cupy()
-        if cp is None:
-            raise RuntimeError(
-                "device: 'cuda' needs CuPy, which is not installed; "
-                "install it with `pip install 'foldconv[cuda12]'` (or 'foldconv[cuda13]')"
-            )
-        return cp.asarray(a)
+    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
+        index = _device_index(device)
+        cp = cuda_module(device)
+        if index is None:
+            return cp.asarray(a)
+        if is_cupy_array(a) and a.device.id == index:
+            return a
+        with cp.cuda.Device(index):
+            return cp.array(a, copy=is_cupy_array(a))
     raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
 
 

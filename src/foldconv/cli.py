@@ -83,7 +83,7 @@ def _add_train(sub: Any) -> None:
     aug.add_argument("--augment", dest="augment", action="store_true", default=None)
     aug.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--seed", type=_nonneg_int, default=None, help="default: 0")
-    p.add_argument("--device", default="cpu", help="cpu (cuda needs CuPy)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda needs CuPy)")
     p.add_argument(
         "--out", default=None, help="output directory (default: runs/<model>-<dataset>-<time>)"
     )
@@ -178,7 +178,7 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--data-dir", default=None, help="default: the directory used in training")
     p.add_argument("--dataset", default=None, choices=["digits", "mnist", "cifar10", "folder"])
     p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda needs CuPy)")
     p.set_defaults(handler=_cmd_evaluate)
 
 
@@ -221,13 +221,14 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top", type=_positive_int, default=5, help="how many classes (default 5)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda needs CuPy)")
     p.set_defaults(handler=_cmd_predict)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from foldconv.trainer import predict  # noqa: PLC0415
 
-    results = predict(args.checkpoint, args.images, k=args.top)
+    results = predict(args.checkpoint, args.images, k=args.top, device=args.device)
     for path, top in zip(args.images, results, strict=True):
         print(f"{path}:")
         for rank, (name, prob) in enumerate(top, 1):
@@ -593,15 +594,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     Bad arguments exit through argparse (status 2, usage message); errors in the input
-    (ValueError, TypeError, missing files) print ``foldconv: error: ...`` and return 2.
+    (ValueError, TypeError, missing files) print ``foldconv: error: ...`` and return 2;
+    running out of GPU memory prints which layer asked for how much and returns 1.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from foldconv.cuda.memory import GPUOutOfMemoryError  # noqa: PLC0415
+
     try:
         return int(args.handler(args))
+    except GPUOutOfMemoryError as e:
+        # Names the layer, the shapes and the bytes (and, training, the checkpoint kept).
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except (ValueError, TypeError, OSError) as e:
         # OSError covers FileNotFoundError and PermissionError from paths the user gave.
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -135,7 +135,8 @@ def test_out_of_gpu_memory_is_a_clear_error(cp):
     finally:
         pool.set_limit(size=0)  # no limit
     err = info.value
-    assert isinstance(err, MemoryError) and err.nbytes is not None and err.nbytes > 1 << 20
+    assert isinstance(err, MemoryError)
+    assert err.requested_bytes is not None and err.requested_bytes > 1 << 20
     assert "forward pass" in str(err) and "(4, 8, 64, 64)" in str(err)
     assert isinstance(err.__cause__, cp.cuda.memory.OutOfMemoryError)
 

@@ -314,11 +314,21 @@ def test_out_of_memory_names_the_pass_the_shapes_and_the_bytes():
     err = info.value
     assert isinstance(err, MemoryError)
     assert "forward pass" in str(err) and "(1, 1, 20000001, 20000001)" in str(err)
-    assert err.nbytes == 8 * 20000001**2
+    assert err.requested_bytes == 8 * 20000001**2
     assert f"{8 * 20000001**2:,} bytes" in str(err)
     assert err.shapes["output"] == (1, 1, 20000001, 20000001)
-    layered = err.within("features.0 (Conv2d)")
-    assert str(layered).startswith("out of GPU memory in features.0 (Conv2d): the convolution")
+    assert "set_workspace_limit" in str(err)
+
+
+def test_out_of_memory_in_a_layer_names_the_layer_and_the_pass():
+    from foldconv import nn
+
+    model = nn.Sequential(nn.Identity(), nn.Conv2d(1, 1, 1, padding=10**7, dtype=np.float64))
+    with gpu_path_on_cpu(), pytest.raises(GPUOutOfMemoryError) as info:
+        model(np.ones((1, 1, 1, 1)))
+    message = str(info.value)
+    assert message.startswith("out of GPU memory in 1 (Conv2d) forward (input shape (1, 1, 1, 1)")
+    assert "the convolution's forward pass" in message
 
 
 # ----------------------------------------------------------------------------------------

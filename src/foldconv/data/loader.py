@@ -131,6 +131,11 @@ class DataLoader:
     exactly, whatever happened before. Each ``iter(loader)`` runs the current epoch and then
     advances it by one; call :meth:`set_epoch` to choose the epoch explicitly.
 
+    Devices: the loader and its transforms (augmentation included) run on the host and yield
+    NumPy batches, whatever device the model is on; the seeded host generators are what make
+    epochs reproducible and resumable. A GPU run copies each finished batch to the device
+    once (:func:`foldconv.train` does so through a pinned staging buffer).
+
     Yields
     ------
     x : ndarray, shape (B, C, H, W)

@@ -7,13 +7,14 @@ and *accumulates* parameter gradients into ``Parameter.grad``.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from foldconv.backend import get_array_module, to_device
+from foldconv.backend import get_array_module, is_cupy_array, to_device
 
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
@@ -136,8 +137,31 @@ class Module:
         self._modules[name] = module
 
     # -- running ----------------------------------------------------------------------
+    # Running out of GPU memory inside a module's forward or backward becomes a
+    # foldconv.cuda.memory.GPUOutOfMemoryError naming the module by its qualified name, the
+    # shape it was given and the bytes asked for. The try blocks cost nothing until
+    # something is raised (CPython 3.11+ zero-cost exceptions); only then is the error
+    # looked at, and anything that is not a GPU out-of-memory error passes unchanged.
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        try:
+            return self.forward(*args, **kwargs)
+        except Exception as err:
+            from foldconv.cuda.memory import is_gpu_oom, translate  # noqa: PLC0415
+
+            if not is_gpu_oom(err):
+                raise
+            new = translate(err, self, "forward", args)
+            if new is err:
+                raise
+            raise new from err
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap each ``backward`` a subclass defines as ``__call__`` wraps ``forward``:
+        a GPU out-of-memory error in it names the module."""
+        super().__init_subclass__(**kwargs)
+        backward = cls.__dict__.get("backward")
+        if backward is not None and not getattr(backward, "_names_gpu_oom", False):
+            cls.backward = _naming_gpu_oom(backward)  # type: ignore[method-assign]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
@@ -277,10 +301,28 @@ class Module:
             target[...] = value
 
     def to(self, device: str | None = None, dtype: Any = None) -> Module:
-        """Move (``'cpu'``/``'cuda'``) and/or cast floating parameters and buffers in place.
+        """Move (``'cpu'``, ``'cuda'``, ``'cuda:<index>'``) and/or cast floating parameters
+        and buffers in place.
 
-        Integer buffers (e.g. ``num_batches_tracked``) keep their dtype. Returns self.
+        Moving also moves the parameters' gradients and what the last forward kept for
+        backward (the modules' private array attributes), so that a ``backward`` may follow
+        on the new device. Integer buffers (e.g. ``num_batches_tracked``) keep their dtype.
+        Returns self.
+
+        Raises
+        ------
+        RuntimeError
+            For 'cuda' without CuPy (the message says how to install it); nothing is moved.
         """
+        if device is not None:
+            if not isinstance(device, str):
+                raise TypeError(
+                    f"device: expected 'cpu' or 'cuda', got {type(device).__name__} {device!r}"
+                )
+            if device != "cpu":
+                from foldconv.backend import cuda_module  # noqa: PLC0415
+
+                cuda_module(device)  # fails before anything moved
         if dtype is not None:
             dtype = np.dtype(dtype)
             if dtype.type not in _FLOAT_DTYPES:
@@ -303,6 +345,8 @@ class Module:
             for name, b in list(module._buffers.items()):
                 if b is not None:
                     module._buffers[name] = convert(b)
+            if device is not None:
+                _move_saved_arrays(module, device)
             hook = getattr(module, "_on_to", None)
             if hook is not None:
                 hook(device, dtype)
@@ -318,6 +362,55 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _move_saved_arrays(module: Module, device: str) -> None:
+    """Move what a forward kept for backward (private array attributes, and tuples holding
+    arrays) to ``device``."""
+    for name, value in list(vars(module).items()):
+        if not name.startswith("_") or name in ("_parameters", "_modules", "_buffers"):
+            continue
+        if _is_array(value):
+            object.__setattr__(module, name, to_device(value, device))
+        elif isinstance(value, tuple) and any(_is_array(v) for v in value):
+            moved = tuple(to_device(v, device) if _is_array(v) else v for v in value)
+            object.__setattr__(module, name, moved)
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or is_cupy_array(value)
+
+
+_MISSING: Any = object()
+
+
+def _naming_gpu_oom(backward: Any) -> Any:
+    """``backward`` with GPU out-of-memory errors translated as in :meth:`Module.__call__`.
+
+    The common call ``m.backward(grad_output)`` is passed on as such (no ``*args`` tuple
+    or ``**kwargs`` dict to build): the wrapper adds about 50 ns a call.
+    """
+
+    @functools.wraps(backward)
+    def wrapper(self: Module, grad_output: Any = _MISSING, *args: Any, **kwargs: Any) -> Any:
+        try:
+            if grad_output is _MISSING:
+                return backward(self, *args, **kwargs)
+            if args or kwargs:
+                return backward(self, grad_output, *args, **kwargs)
+            return backward(self, grad_output)
+        except Exception as err:
+            from foldconv.cuda.memory import is_gpu_oom, translate  # noqa: PLC0415
+
+            if not is_gpu_oom(err):
+                raise
+            new = translate(err, self, "backward", (grad_output, *args))
+            if new is err:
+                raise
+            raise new from err
+
+    wrapper._names_gpu_oom = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 class Sequential(Module):

@@ -124,19 +124,19 @@ def _check_hparams(cfg: dict[str, Any]) -> None:
 
 
 def _check_device(device: Any) -> str:
+    """``device`` if it can be used: 'cpu', or 'cuda'/'cuda:<index>' with CuPy and a GPU
+    (a ValueError naming the device and how to install CuPy otherwise)."""
     if not isinstance(device, str) or not (
         device == "cpu" or device == "cuda" or device.startswith("cuda:")
     ):
         raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
     if device != "cpu":
-        from foldconv.backend import _cupy  # noqa: PLC0415
+        from foldconv.backend import cuda_module  # noqa: PLC0415
 
-        if _cupy() is None:
-            raise ValueError(
-                f"device: {device!r} needs CuPy and a CUDA GPU, and CuPy cannot be imported; "
-                "install it with pip install 'foldconv[cuda12]' (or 'foldconv[cuda13]'), "
-                "or use --device cpu"
-            )
+        try:
+            cuda_module(device)
+        except RuntimeError as err:
+            raise ValueError(str(err)) from None
     return device
 
 

@@ -13,7 +13,7 @@ from foldconv.backend import to_device
 from foldconv.nn.module import Module
 from foldconv.trainer.checkpoints import load_checkpoint
 from foldconv.trainer.config import _check_device, _is_int
-from foldconv.trainer.pipeline import _batches, _build_transforms
+from foldconv.trainer.pipeline import _batches, _build_transforms, _DeviceFeeder
 
 
 # --------------------------------------------------------------------------------------------
@@ -28,13 +28,20 @@ def _evaluate_loader(
     was_training = model.training
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum_device: Any = None
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    feed = _DeviceFeeder(device)
     try:
         for x, y in _batches(loader, 0, 0):
-            xd = to_device(x, device) if device != "cpu" else x
-            yd = to_device(y, device) if device != "cpu" else y
-            logits = model(xd)
-            loss_sum += float(cross_entropy(logits, yd, reduction="sum"))
+            logits = model(feed(x, "x"))
+            loss = cross_entropy(logits, feed(y, "y"), reduction="sum")
+            if device == "cpu":
+                loss_sum += float(loss)
+            else:
+                # Summed on the GPU (in float64, as the host sum is): the predictions,
+                # for the confusion matrix on the host, are the one copy back per batch.
+                loss = loss.astype("float64")
+                loss_sum_device = loss if loss_sum_device is None else loss_sum_device + loss
             pred = np.asarray(to_device(logits.argmax(axis=1), "cpu"))
             correct += int((pred == y).sum())
             seen += len(y)
@@ -43,6 +50,8 @@ def _evaluate_loader(
         model.train(was_training)
     if seen == 0:
         return float("nan"), float("nan"), confusion
+    if loss_sum_device is not None:
+        loss_sum = float(to_device(loss_sum_device, "cpu"))
     return loss_sum / seen, correct / seen, confusion
 
 
@@ -69,6 +78,7 @@ def evaluate(
         Default: the training run's dataset (its test split).
     batch_size : int
     device : 'cpu' or 'cuda'
+        Where the network runs (a checkpoint from either device loads on either).
     model : Module, optional
         For checkpoints of custom models.
 
@@ -126,6 +136,7 @@ def predict(
     *,
     k: int = 5,
     model: Module | None = None,
+    device: str = "cpu",
 ) -> list[list[tuple[str, float]]]:
     """Top-``k`` classes with probabilities for each image.
 
@@ -137,6 +148,10 @@ def predict(
         (bilinear) to their size, then preprocessed as the test set was.
     k : int
         How many classes (at most the number of classes).
+    model : Module, optional
+        For checkpoints of custom models.
+    device : 'cpu' or 'cuda'
+        Where the network runs (images are read and preprocessed on the host).
 
     Returns
     -------
@@ -144,7 +159,10 @@ def predict(
     """
     if not _is_int(k) or k < 1:
         raise ValueError(f"k: expected a positive int, got {k!r}")
+    device = _check_device(device)
     net, info = load_checkpoint(checkpoint, model)
+    if device != "cpu":
+        net.to(device)
     c = info["in_channels"]
     h, w = info["image_hw"]
     if isinstance(images, np.ndarray):
@@ -174,7 +192,10 @@ def predict(
     _, eval_tf = _build_transforms(
         info["dataset"], x.shape[2:], tuple(info["input_hw"]), info["mean"], info["std"], False
     )
-    logits = np.asarray(net(eval_tf(x)), dtype=np.float64)
+    x = eval_tf(x)
+    if device != "cpu":
+        x = _DeviceFeeder(device)(x, "x")
+    logits = np.asarray(to_device(net(x), "cpu"), dtype=np.float64)
     z = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(z)
     probs /= probs.sum(axis=1, keepdims=True)

@@ -44,7 +44,13 @@ from foldconv.trainer.config import (
     resolve_config,
 )
 from foldconv.trainer.evaluation import _evaluate_loader
-from foldconv.trainer.pipeline import _batches, _build_transforms, _channel_stats, _target_size
+from foldconv.trainer.pipeline import (
+    _batches,
+    _build_transforms,
+    _channel_stats,
+    _DeviceFeeder,
+    _target_size,
+)
 from foldconv.trainer.plots import write_plots
 
 
@@ -171,8 +177,11 @@ def train(
         Stepped once per epoch ('plateau' on the test error).
     seed : int, default 0
         Seeds the weights, the data order, the augmentation and dropout.
-    device : 'cpu' or 'cuda'
-        'cuda' needs CuPy.
+    device : 'cpu', 'cuda' or 'cuda:<index>'
+        'cuda' needs CuPy (``pip install "foldconv[cuda12]"`` or ``[cuda13]``). The data
+        pipeline stays on the host; each batch is copied to the GPU once per step, and the
+        loss and accuracy come back once per step. Checkpoints hold host arrays, so a run
+        resumes on either device.
     out : path, optional
         Output directory; default ``runs/<model>-<dataset>-<timestamp>`` (the resumed
         directory when resuming).
@@ -217,6 +226,10 @@ def train(
         When a loss is NaN or infinite (the message names the epoch and step).
     TrainingInterrupted
         On Ctrl-C, after saving ``last.safetensors``.
+    foldconv.cuda.memory.GPUOutOfMemoryError
+        When the GPU runs out of memory: the message names the layer, its input shape, the
+        bytes asked for, the step, and the checkpoint that stays (none is written for the
+        failed step; ``summary.json`` gets status ``"out_of_memory"``).
     foldconv.trainer.distributed.DistributedError
         With ``distributed``: mpi4py missing, or not started by an MPI launcher.
     """
@@ -317,6 +330,11 @@ class _Run:
         self.is_root = self.rank == 0
         self.sync_batchnorm = sync_batchnorm
         self.device = _check_device(device)
+        if self.device.startswith("cuda:"):  # the run's arrays and kernels on that GPU
+            from foldconv.backend import cuda_module  # noqa: PLC0415
+
+            cuda_module(self.device).cuda.Device(int(self.device[5:])).use()
+        self.feed = _DeviceFeeder(self.device)
         self.progress = bool(progress)
         self.verbose = bool(verbose)
         self.on_step = on_step
@@ -698,23 +716,81 @@ class _Run:
             if snap is not None:
                 self._rollback(model, snap)
             raise self._interrupted() from None
+        except Exception as err:
+            from foldconv.cuda.memory import is_gpu_oom  # noqa: PLC0415
+
+            if not is_gpu_oom(err):
+                raise
+            if bar is not None:
+                bar.close()
+            if snap is not None:
+                self._rollback(model, snap)
+            oom = self._out_of_memory(err)
+            if oom is err:
+                raise
+            raise oom from err
         return self._finish_files("completed")
+
+    def _out_of_memory(self, err: BaseException) -> Any:
+        """The GPUOutOfMemoryError to raise for ``err``, saying where training stopped and
+        which checkpoint stays (none is written: the files on disk are those of the last
+        completed epoch); ``summary.json`` records the stop."""
+        from foldconv.cuda.memory import GPUOutOfMemoryError, _requested_bytes  # noqa: PLC0415
+
+        if not isinstance(err, GPUOutOfMemoryError):  # outside every Module call
+            err = GPUOutOfMemoryError(
+                f"outside the model's layers (the batch copy, the metrics or the "
+                f"optimizer's update): {err}",
+                requested_bytes=_requested_bytes(err),
+            )
+        kept = self.out / "last.safetensors"
+        keep = (
+            f"the last good checkpoint is {kept}"
+            if kept.exists()
+            else "no checkpoint was written yet (none completed an epoch)"
+        )
+        n = len(self.train_loader)
+        if self.batch < n:
+            where = (
+                f"at epoch {self.epoch + 1}, step {self.step + 1} (batch {self.batch + 1} of {n})"
+            )
+        else:  # every batch done: in the evaluation that ends the epoch
+            where = f"while evaluating epoch {self.epoch + 1} (after step {self.step})"
+        err.context = f"training stopped {where}; {keep}"
+        err._refresh()
+        if self.is_root:
+            self._finish_files("out_of_memory", str(err))
+        return err
 
     def _forward_backward(self, x: Any, y: Any, e: int, bar: Any) -> tuple[float, int, int]:
         """Forward, loss and backward of one batch: (mean loss, correct, images)."""
         if self.dist is not None:
             return self._forward_backward_distributed(x, y, e, bar)
         model, crit = self.model, self.criterion
-        xd = to_device(x, self.device) if self.device != "cpu" else x
-        yd = to_device(y, self.device) if self.device != "cpu" else y
+        if self.device == "cpu":
+            logits = model(x)
+            loss = float(crit(logits, y))
+            if not math.isfinite(loss):
+                self._diverged(loss, e, bar)
+            self.optimizer.zero_grad()
+            model.backward(crit.backward())
+            correct = int((logits.argmax(axis=1) == y).sum())
+            return loss, correct, len(y)
+        # On the GPU: one copy of the batch in, the whole step queued, then one copy of
+        # (loss, correct) out, the step's only synchronisation. A non-finite loss is seen
+        # after backward, still before the update (the step stops in _diverged).
+        xd, yd = self.feed(x, "x"), self.feed(y, "y")
         logits = model(xd)
-        loss = float(crit(logits, yd))
-        if not math.isfinite(loss):
-            self._diverged(loss, e, bar)
+        loss_d = crit(logits, yd)
         self.optimizer.zero_grad()
         model.backward(crit.backward())
-        correct = int((logits.argmax(axis=1) == yd).sum())
-        return loss, correct, len(y)
+        xp = get_array_module(logits)
+        correct_d = (logits.argmax(axis=1) == yd).sum()
+        loss_h, correct_h = to_device(xp.stack([loss_d.astype(xp.float64), correct_d]), "cpu")
+        loss = float(loss_h)
+        if not math.isfinite(loss):
+            self._diverged(loss, e, bar)
+        return loss, int(correct_h), len(y)
 
     def _forward_backward_distributed(
         self, x: Any, y: Any, e: int, bar: Any
@@ -734,8 +810,7 @@ class _Run:
         # A rank may get no image of a small last batch; with synchronised BatchNorm it
         # still takes part in the layers' collectives, with an empty shard.
         if n_local or self.sync_batchnorm:
-            xd = to_device(xs, self.device) if self.device != "cpu" else xs
-            yd = to_device(ys, self.device) if self.device != "cpu" else ys
+            xd, yd = self.feed(xs, "x"), self.feed(ys, "y")
             logits = model(xd)
             if n_local:
                 loss_local = float(crit(logits, yd))
