@@ -110,3 +110,62 @@ def test_plain_numpy_baseline_computes_the_convolution():
     ours = conv_backward(dy, x, w, **opts, algorithm="direct")
     for a, r in zip(plain.backward(dy, x, w), ours, strict=True):
         assert rel_err(a, r) <= 1e-12
+
+
+@pytest.mark.parametrize("size", [(7,), (9, 8), (5, 6, 4)])
+def test_torch_channels_last_calls_compute_the_same_convolution(size):
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    layer = benchmark.Layer("t", 2, 4, 6, size, 3, stride=2, padding=1, groups=2)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4) + size, dtype=np.float32)
+    w = rng.standard_normal((6, 2) + (3,) * len(size), dtype=np.float32)
+    b = rng.standard_normal(6, dtype=np.float32)
+    gy = rng.standard_normal((2, 6) + layer.out_size(), dtype=np.float32)
+    fns = benchmark.torch_callables(torch, layer, x, w, b, gy)
+    if len(size) == 1:  # PyTorch has no channels-last format for 1-d
+        assert set(fns) == {"torch_fwd", "torch_fwd_bwd"}
+        return
+    assert set(fns) == {"torch_fwd", "torch_fwd_bwd", "torch_cl_fwd", "torch_cl_fwd_bwd"}
+    fmt = torch.channels_last if len(size) == 2 else torch.channels_last_3d
+    y, y_cl = fns["torch_fwd"](), fns["torch_cl_fwd"]()
+    assert y.is_contiguous() and y_cl.is_contiguous(memory_format=fmt)
+    np.testing.assert_allclose(y_cl.numpy(), y.numpy(), rtol=1e-5, atol=1e-5)
+    grads = [t.grad for t in fns["torch_fwd_bwd"]()]
+    grads_cl = [t.grad for t in fns["torch_cl_fwd_bwd"]()]
+    assert grads_cl[0].is_contiguous(memory_format=fmt)
+    for g_cl, g in zip(grads_cl, grads, strict=True):
+        np.testing.assert_allclose(g_cl.numpy(), g.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_bench_layer_reports_the_faster_torch_layout():
+    pytest.importorskip("torch")
+    layer = benchmark.Layer("t", 2, 3, 4, (8, 8), 3, padding=1)
+    row = benchmark.bench_layer(layer, min_reps=1, budget_s=0.0, settle_s=0.0)
+    for p in ("fwd", "fwd_bwd"):
+        nchw, cl = row[f"torch_nchw_{p}_ms"], row[f"torch_cl_{p}_ms"]
+        assert row[f"torch_{p}_ms"] == min(nchw, cl)
+        assert row[f"torch_{p}_layout"] == ("NCHW" if nchw <= cl else "NHWC")
+        assert row[f"ratio_{p}"] == pytest.approx(row[f"ours_{p}_ms"] / min(nchw, cl))
+    row = benchmark.bench_layer(layer, min_reps=1, budget_s=0.0, settle_s=0.0, channels_last=False)
+    assert "torch_cl_fwd_ms" not in row and row["torch_fwd_layout"] == "NCHW"
+
+
+def test_table_names_the_layout_and_merge_counts_the_rounds_it_won():
+    rows = []
+    for layout in ("NHWC", "NCHW", "NHWC"):
+        row = {"name": "a", "algorithm": "im2col", "picked": None, "ours_fwd_bwd_gflops": 1.0}
+        for p in ("fwd", "fwd_bwd"):
+            row.update({f"ours_{p}_ms": 2.0, f"torch_nchw_{p}_ms": 4.0, f"torch_cl_{p}_ms": 1.0})
+        benchmark._against_faster_torch(row)
+        row["torch_fwd_layout"] = layout
+        rows.append([row])
+    (merged,) = benchmark.merge_rounds(rows)
+    assert merged["torch_fwd_layout"] == "NHWC (2/3)"
+    assert merged["torch_fwd_bwd_layout"] == "NHWC" and merged["ratio_fwd_bwd"] == 2.0
+    table = benchmark.format_table([merged])
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    assert "torch f+b layout" in lines[0] and "NHWC (2/3)" in lines[2]
+    assert len({line.count("|") for line in lines}) == 1
+    assert "NCHW only" in table and "f+b 0.50" in table
