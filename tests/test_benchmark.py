@@ -169,3 +169,66 @@ def test_table_names_the_layout_and_merge_counts_the_rounds_it_won():
     assert "torch f+b layout" in lines[0] and "NHWC (2/3)" in lines[2]
     assert len({line.count("|") for line in lines}) == 1
     assert "NCHW only" in table and "f+b 0.50" in table
+
+
+def _sgemm_sources():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "sgemm_sources.py"
+    spec = importlib.util.spec_from_file_location("sgemm_sources", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _torch_threads(n=None):
+    """torch's intra-op thread count (set to ``n`` if given), None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if n is not None:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def test_sgemm_sources_compute_the_product_in_every_layout(tmp_path):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    sgemm = _sgemm_sources()
+    shapes = [
+        dict(name=f"t{ta}{tb}", m=5, n=7, k=9, ta=ta, tb=tb)
+        for ta in (False, True)
+        for tb in (False, True)
+    ]
+    sgemm.write_references(shapes, str(tmp_path))
+    ran = []
+    for source in sgemm.SOURCES:
+        # The workers set thread counts for their whole process: restore them after.
+        torch_threads = _torch_threads()
+        blas_threads = max(lib["num_threads"] for lib in threadpoolctl.threadpool_info())
+        result = sgemm.worker(source, 1, shapes, str(tmp_path), check=True)
+        threadpoolctl.threadpool_limits(blas_threads, user_api="blas")
+        _torch_threads(torch_threads)
+        if "error" in result:  # the source is not installed here
+            continue
+        ran.append(result)
+        for row in result["rows"]:
+            assert row["err"] <= 9 * 2.0**-24, (source, row)
+            assert row["s"] > 0
+    assert ran and ran[0]["source"] == "numpy"
+    report = sgemm.format_report(shapes, [dict(r, round=0) for r in ran])
+    lines = [line for line in report.splitlines() if line.startswith("|")]
+    assert len(lines) == 2 * (2 + len(shapes)) and "WRONG" not in report
+
+
+def test_sgemm_shapes_are_the_im2col_gemms_of_the_suite():
+    sgemm = _sgemm_sources()
+    shapes = {s["name"]: s for s in sgemm.suite_shapes(["alexnet_c2_g2"], square=False)}
+    # per group: 128 filters of 48 channels x 5x5 taps, 16 x 27x27 output pixels
+    fwd = shapes["alexnet_c2_g2 fwd (x2 groups)"]
+    assert (fwd["m"], fwd["n"], fwd["k"], fwd["ta"], fwd["tb"]) == (128, 11664, 1200, 0, 0)
+    dx = shapes["alexnet_c2_g2 dx (x2 groups)"]
+    assert (dx["m"], dx["n"], dx["k"], dx["ta"], dx["tb"]) == (1200, 11664, 128, 1, 0)
+    dw = shapes["alexnet_c2_g2 dw (x2 groups)"]
+    assert (dw["m"], dw["n"], dw["k"], dw["ta"], dw["tb"]) == (128, 1200, 11664, 0, 1)
