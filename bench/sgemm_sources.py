@@ -107,7 +107,8 @@ def _openblas_desc(path_part: str) -> str:
 
     for lib in threadpoolctl.threadpool_info():
         if path_part in lib["filepath"]:
-            return f"OpenBLAS {lib['version']} {lib['architecture']}, {lib['num_threads']} threads"
+            n = lib["num_threads"]
+            return f"OpenBLAS {lib['version']} {lib['architecture']}, {n} thread(s)"
     return "?"
 
 
