@@ -30,6 +30,7 @@ def main(argv=None) -> int:
             baseline=a.baseline,
             rounds=a.rounds,
             channels_last=a.channels_last,
+            clock=a.clock,
             progress=lambda s: print(s, file=sys.stderr),
         )
     )

@@ -232,3 +232,14 @@ def test_sgemm_shapes_are_the_im2col_gemms_of_the_suite():
     assert (dx["m"], dx["n"], dx["k"], dx["ta"], dx["tb"]) == (1200, 11664, 128, 1, 0)
     dw = shapes["alexnet_c2_g2 dw (x2 groups)"]
     assert (dw["m"], dw["n"], dw["k"], dw["ta"], dw["tb"]) == (128, 1200, 11664, 0, 1)
+
+
+def test_bench_times_by_cpu_clock_on_request(capsys):
+    args = ["bench", "--in", "2,3,8,8", "--out-channels", "4", "--budget", "0.01"]
+    assert main(args + ["--min-reps", "2", "--clock", "cpu", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["clock"] == "cpu" and row["ours_fwd_ms"] >= 0
+    assert main(args + ["--clock", "cpu"]) == 0
+    assert "clock: CPU time" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="^clock: expected one of"):
+        benchmark.run(benchmark.CPU_SUITE[:1], clock="sundial")
