@@ -20,7 +20,8 @@ The sources (each where installed): ``numpy`` (np.matmul: NumPy's bundled OpenBL
 ``scipy-openblas32`` wheel's OpenBLAS, cblas_sgemm through ctypes), ``blis`` (the ``blis``
 package, cython-blis: blis.py.gemm; built single-threaded, so it is timed with 1 thread
 only), and ``torch`` (torch.matmul, MKL; a reference only: the library never imports
-torch).
+torch). Sources that are not installed are listed as not run; the extra ones install with
+``pip install scipy scipy-openblas32 blis``.
 
 Method: every (round, thread count, source) runs in a fresh process, the sources in turn
 (their order rotating by round) so that all see the same load; in a process each shape is
