@@ -150,6 +150,12 @@ def test_bench_layer_reports_the_faster_torch_layout():
         assert row[f"ratio_{p}"] == pytest.approx(row[f"ours_{p}_ms"] / min(nchw, cl))
     row = benchmark.bench_layer(layer, min_reps=1, budget_s=0.0, settle_s=0.0, channels_last=False)
     assert "torch_cl_fwd_ms" not in row and row["torch_fwd_layout"] == "NCHW"
+    layer3 = benchmark.Layer("t3", 1, 2, 3, (4, 5, 4), 3, padding=1)
+    row = benchmark.bench_layer(layer3, min_reps=1, budget_s=0.0, settle_s=0.0)
+    assert {row["torch_fwd_layout"], row["torch_fwd_bwd_layout"]} <= {"NCDHW", "NDHWC"}
+    layer1 = benchmark.Layer("t1", 2, 2, 3, (9,), 3)
+    row = benchmark.bench_layer(layer1, min_reps=1, budget_s=0.0, settle_s=0.0)
+    assert row["torch_fwd_layout"] == "NCL" and "torch_cl_fwd_ms" not in row
 
 
 def test_table_names_the_layout_and_merge_counts_the_rounds_it_won():

@@ -308,13 +308,19 @@ def _channels_last_format(torch, ndim: int):
     return {2: torch.channels_last, 3: torch.channels_last_3d}.get(ndim)
 
 
+# The names of the contiguous and the channels-last layout by number of spatial dims.
+_LAYOUT_NAMES = {1: ("NCL", None), 2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
+
+
 def _against_faster_torch(row: dict) -> None:
     """Set ``torch_{p}_ms`` to the faster of PyTorch's layouts (``torch_{p}_layout`` says
-    which: "NCHW" or "NHWC") and the ratios ours/PyTorch, plain/PyTorch against it."""
+    which, e.g. "NCHW" or "NHWC") and the ratios ours/PyTorch, plain/PyTorch against it."""
+    ndim = len(row["layer"]["size"]) if "layer" in row else 2
+    contiguous, last = _LAYOUT_NAMES.get(ndim, _LAYOUT_NAMES[2])
     for p in ("fwd", "fwd_bwd"):
-        times = {"NCHW": row[f"torch_nchw_{p}_ms"]}
+        times = {contiguous: row[f"torch_nchw_{p}_ms"]}
         if f"torch_cl_{p}_ms" in row:
-            times["NHWC"] = row[f"torch_cl_{p}_ms"]
+            times[last] = row[f"torch_cl_{p}_ms"]
         layout = min(times, key=times.__getitem__)
         row[f"torch_{p}_ms"] = times[layout]
         row[f"torch_{p}_layout"] = layout
@@ -429,7 +435,7 @@ def format_table(rows: list[dict]) -> str:
             if has_torch:
                 cells.append(f"{r[f'torch_{p}_ms']:.2f}")
                 if has_layout:
-                    cells.append(r.get(f"torch_{p}_layout", "NCHW"))
+                    cells.append(r.get(f"torch_{p}_layout", ""))
                 cells.append(f"{r[f'ratio_{p}']:.2f}")
         if has_range:
             cells.append(f"{r['ratio_fwd_bwd_min']:.2f}-{r['ratio_fwd_bwd_max']:.2f}")
