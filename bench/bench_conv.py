@@ -29,6 +29,8 @@ def main(argv=None) -> int:
             settle_s=a.settle,
             baseline=a.baseline,
             rounds=a.rounds,
+            channels_last=a.channels_last,
+            clock=a.clock,
             progress=lambda s: print(s, file=sys.stderr),
         )
     )

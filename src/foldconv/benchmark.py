@@ -3,6 +3,7 @@
 Used by ``foldconv bench`` and ``bench/bench_conv.py``. PyTorch is optional: without
 it only foldconv's times are printed. Times are medians of repeated runs; each
 repetition times ours and PyTorch's back to back so that both see the same load.
+PyTorch runs in NCHW and in channels_last, and ours is compared with the faster.
 """
 
 from __future__ import annotations
@@ -68,10 +69,16 @@ CPU_SUITE = (
 )
 
 
-def _elapsed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
+# What a timed call is measured by: wall time, or the CPU time of this process (all its
+# threads). On a machine that other processes keep busy a call's wall time is mostly
+# waiting for a core; with one thread per library its CPU time is the work it did.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _elapsed(fn: Callable[[], Any], clock: Callable[[], float] = time.perf_counter) -> float:
+    t0 = clock()
     fn()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 # BLAS and OpenMP worker threads keep spinning for a while after a call returns (OpenBLAS
@@ -87,10 +94,12 @@ def _interleaved(
     budget_s: float,
     per_block: int = 3,
     settle_s: float = SETTLE_S,
+    clock: str = "wall",
 ) -> dict:
     """Median seconds of each callable: rounds of blocks, one block per callable per round.
 
-    A block is a pause of SETTLE_S, one untimed call, then ``per_block`` timed calls.
+    A block is a pause of SETTLE_S, one untimed call, then ``per_block`` timed calls, each
+    measured by ``clock`` ("wall" or "cpu", see CLOCKS).
     """
     samples: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
@@ -100,7 +109,7 @@ def _interleaved(
             if settle_s > 0:
                 time.sleep(settle_s)
                 fn()
-            samples[key].extend(_elapsed(fn) for _ in range(per_block))
+            samples[key].extend(_elapsed(fn, CLOCKS[clock]) for _ in range(per_block))
         rounds += 1
     return {k: statistics.median(v) for k, v in samples.items()}
 
@@ -179,8 +188,18 @@ def bench_layer(
     algorithm: str = "auto",
     settle_s: float = SETTLE_S,
     baseline: bool = False,
+    channels_last: bool = True,
+    clock: str = "wall",
 ) -> dict:
-    """Time forward and forward+backward of one layer, ours and (if installed) PyTorch's."""
+    """Time forward and forward+backward of one layer, ours and (if installed) PyTorch's.
+
+    ``clock``: "wall" (elapsed time) or "cpu" (the process's CPU time, all threads).
+
+    With ``channels_last`` (2-d and 3-d layers), PyTorch is timed twice per pass, once on
+    contiguous NCHW tensors and once with the input, weight and output gradient in
+    ``torch.channels_last`` (``channels_last_3d``) memory format; ``torch_*_ms`` and the
+    ratios are then against the faster of the two and ``torch_*_layout`` names it.
+    """
     from foldconv.functional import conv, conv_backward
 
     rng = np.random.default_rng(seed)
@@ -214,32 +233,13 @@ def bench_layer(
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(int(os.environ.get("FOLDCONV_BENCH_THREADS", "2")))
-        conv_t = {
-            1: torch.nn.functional.conv1d,
-            2: torch.nn.functional.conv2d,
-            3: torch.nn.functional.conv3d,
-        }[layer.ndim]
-        xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
-        gyt = torch.from_numpy(gy)
-        xg = xt.clone().requires_grad_(True)
-        wg = wt.clone().requires_grad_(True)
-        bg = bt.clone().requires_grad_(True)
-
-        def torch_fwd():
-            with torch.no_grad():
-                return conv_t(xt, wt, bt, **opts)
-
-        def torch_fwd_bwd():
-            xg.grad = wg.grad = bg.grad = None
-            y = conv_t(xg, wg, bg, **opts)
-            y.backward(gyt)
-
-        fns.update(torch_fwd=torch_fwd, torch_fwd_bwd=torch_fwd_bwd)
-    t = _interleaved(fns, min_reps, budget_s, settle_s=settle_s)
+        fns.update(torch_callables(torch, layer, x, w, b, gy, channels_last=channels_last))
+    t = _interleaved(fns, min_reps, budget_s, settle_s=settle_s, clock=clock)
     flops = layer.forward_flops()
     row = {
         "name": layer.name,
         "algorithm": algorithm,
+        "clock": clock,
         "picked": _picked(layer, x, w, opts) if algorithm == "auto" else None,
         "layer": asdict(layer),
         "ours_fwd_ms": t["ours_fwd"] * 1e3,
@@ -250,18 +250,83 @@ def bench_layer(
     if "plain_fwd" in t:
         row.update(plain_fwd_ms=t["plain_fwd"] * 1e3, plain_fwd_bwd_ms=t["plain_fwd_bwd"] * 1e3)
     if torch is not None:
-        row.update(
-            torch_fwd_ms=t["torch_fwd"] * 1e3,
-            torch_fwd_bwd_ms=t["torch_fwd_bwd"] * 1e3,
-            ratio_fwd=t["ours_fwd"] / t["torch_fwd"],
-            ratio_fwd_bwd=t["ours_fwd_bwd"] / t["torch_fwd_bwd"],
-        )
-        if "plain_fwd" in t:
-            row.update(
-                plain_ratio_fwd=t["plain_fwd"] / t["torch_fwd"],
-                plain_ratio_fwd_bwd=t["plain_fwd_bwd"] / t["torch_fwd_bwd"],
-            )
+        for p in ("fwd", "fwd_bwd"):
+            row[f"torch_nchw_{p}_ms"] = t[f"torch_{p}"] * 1e3
+            if f"torch_cl_{p}" in t:
+                row[f"torch_cl_{p}_ms"] = t[f"torch_cl_{p}"] * 1e3
+        _against_faster_torch(row)
     return row
+
+
+def torch_callables(torch, layer: Layer, x, w, b, gy, *, channels_last: bool = True) -> dict:
+    """PyTorch's timed calls for one layer: ``torch_fwd`` and ``torch_fwd_bwd`` on NCHW
+    tensors and, with ``channels_last`` on a 2-d or 3-d layer, ``torch_cl_fwd`` and
+    ``torch_cl_fwd_bwd`` on the same values in channels-last storage.
+
+    Each call returns the output (forward) or ``(input, weight, bias)`` whose ``.grad``
+    the backward filled. ``x`` (N, C_in, *size), ``w`` (C_out, C_in/groups, *kernel),
+    ``b`` (C_out,), ``gy`` (N, C_out, *out_size): float32 NumPy arrays.
+    """
+    conv_t = {
+        1: torch.nn.functional.conv1d,
+        2: torch.nn.functional.conv2d,
+        3: torch.nn.functional.conv3d,
+    }[layer.ndim]
+    opts = dict(
+        stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups
+    )
+    xt, wt, bt, gyt = (torch.from_numpy(a) for a in (x, w, b, gy))
+    fmt = _channels_last_format(torch, layer.ndim) if channels_last else None
+    layouts = {"torch": torch.contiguous_format}
+    if fmt is not None:
+        # The same values in NHWC (NDHWC) storage, the gradient of the output too, as it
+        # arrives from the next layer of a network run in channels_last. oneDNN picks
+        # different kernels for it; which layout is faster depends on the layer.
+        layouts["torch_cl"] = fmt
+    fns = {}
+    for prefix, mf in layouts.items():
+        xc, wc, gyc = (a.contiguous(memory_format=mf) for a in (xt, wt, gyt))
+        xg = xc.clone(memory_format=mf).requires_grad_(True)
+        wg = wc.clone(memory_format=mf).requires_grad_(True)
+        bg = bt.clone().requires_grad_(True)
+
+        def fwd(xc=xc, wc=wc):
+            with torch.no_grad():
+                return conv_t(xc, wc, bt, **opts)
+
+        def fwd_bwd(xg=xg, wg=wg, bg=bg, gyc=gyc):
+            xg.grad = wg.grad = bg.grad = None
+            conv_t(xg, wg, bg, **opts).backward(gyc)
+            return xg, wg, bg
+
+        fns.update({f"{prefix}_fwd": fwd, f"{prefix}_fwd_bwd": fwd_bwd})
+    return fns
+
+
+def _channels_last_format(torch, ndim: int):
+    """PyTorch's channels-last memory format for ``ndim`` spatial dims (None for 1-d)."""
+    return {2: torch.channels_last, 3: torch.channels_last_3d}.get(ndim)
+
+
+# The names of the contiguous and the channels-last layout by number of spatial dims.
+_LAYOUT_NAMES = {1: ("NCL", None), 2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
+
+
+def _against_faster_torch(row: dict) -> None:
+    """Set ``torch_{p}_ms`` to the faster of PyTorch's layouts (``torch_{p}_layout`` says
+    which, e.g. "NCHW" or "NHWC") and the ratios ours/PyTorch, plain/PyTorch against it."""
+    ndim = len(row["layer"]["size"]) if "layer" in row else 2
+    contiguous, last = _LAYOUT_NAMES.get(ndim, _LAYOUT_NAMES[2])
+    for p in ("fwd", "fwd_bwd"):
+        times = {contiguous: row[f"torch_nchw_{p}_ms"]}
+        if f"torch_cl_{p}_ms" in row:
+            times[last] = row[f"torch_cl_{p}_ms"]
+        layout = min(times, key=times.__getitem__)
+        row[f"torch_{p}_ms"] = times[layout]
+        row[f"torch_{p}_layout"] = layout
+        row[f"ratio_{p}"] = row[f"ours_{p}_ms"] / times[layout]
+        if f"plain_{p}_ms" in row:
+            row[f"plain_ratio_{p}"] = row[f"plain_{p}_ms"] / times[layout]
 
 
 def _picked(layer: Layer, x, w, opts) -> dict:
@@ -345,25 +410,33 @@ def _numba_version() -> str:
 
 
 def format_table(rows: list[dict]) -> str:
+    """The Markdown table of ``rows``; PyTorch's columns are its faster layout's time."""
     has_torch = all("torch_fwd_ms" in r for r in rows)
-    head = ["layer", "ours fwd ms", "ours f+b ms", "ours f+b GFLOP/s", "algorithm (fwd/dx/dw)"]
-    if has_torch:
-        head[2:2] = ["torch fwd ms", "fwd ratio"]
-        head[5:5] = ["torch f+b ms", "f+b ratio"]
+    # A layout column only when some row timed PyTorch in both layouts.
+    has_layout = has_torch and any("torch_cl_fwd_ms" in r for r in rows)
     has_range = has_torch and all("ratio_fwd_bwd_min" in r for r in rows)
-    if has_range:
-        head.insert(7, "f+b ratio range")
     has_plain = has_torch and all("plain_fwd_bwd_ms" in r for r in rows)
+    head = ["layer", "ours fwd ms"]
+    if has_torch:
+        head += ["torch fwd ms"] + (["torch fwd layout"] if has_layout else []) + ["fwd ratio"]
+    head.append("ours f+b ms")
+    if has_torch:
+        head += ["torch f+b ms"] + (["torch f+b layout"] if has_layout else []) + ["f+b ratio"]
+    if has_range:
+        head.append("f+b ratio range")
+    head += ["ours f+b GFLOP/s", "algorithm (fwd/dx/dw)"]
     if has_plain:
         head += ["plain NumPy f+b ms", "plain f+b ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["name"], f"{r['ours_fwd_ms']:.2f}"]
-        if has_torch:
-            cells += [f"{r['torch_fwd_ms']:.2f}", f"{r['ratio_fwd']:.2f}"]
-        cells.append(f"{r['ours_fwd_bwd_ms']:.2f}")
-        if has_torch:
-            cells += [f"{r['torch_fwd_bwd_ms']:.2f}", f"{r['ratio_fwd_bwd']:.2f}"]
+        cells = [r["name"]]
+        for p in ("fwd", "fwd_bwd"):
+            cells.append(f"{r[f'ours_{p}_ms']:.2f}")
+            if has_torch:
+                cells.append(f"{r[f'torch_{p}_ms']:.2f}")
+                if has_layout:
+                    cells.append(r.get(f"torch_{p}_layout", ""))
+                cells.append(f"{r[f'ratio_{p}']:.2f}")
         if has_range:
             cells.append(f"{r['ratio_fwd_bwd_min']:.2f}-{r['ratio_fwd_bwd_max']:.2f}")
         cells.append(f"{r['ours_fwd_bwd_gflops']:.1f}")
@@ -378,13 +451,25 @@ def format_table(rows: list[dict]) -> str:
             cells += [f"{r['plain_fwd_bwd_ms']:.2f}", f"{r['plain_ratio_fwd_bwd']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     if has_torch and rows:
-        g_f = geomean([r["ratio_fwd"] for r in rows])
-        g_fb = geomean([r["ratio_fwd_bwd"] for r in rows])
-        tail = " | | |" if has_range else " | |"
+        cells = ["geometric mean", ""]
+        for p in ("fwd", "fwd_bwd"):
+            cells += [""] * (2 if has_layout else 1) + [
+                f"{geomean([r[f'ratio_{p}'] for r in rows]):.2f}"
+            ]
+            if p == "fwd":
+                cells.append("")
+        cells += [""] * (len(head) - len(cells))
         if has_plain:
-            g_p = geomean([r["plain_ratio_fwd_bwd"] for r in rows])
-            tail += f" | {g_p:.2f} |"
-        lines.append(f"| geometric mean | | | {g_f:.2f} | | | {g_fb:.2f} |{tail}")
+            cells[-1] = f"{geomean([r['plain_ratio_fwd_bwd'] for r in rows]):.2f}"
+        lines.append("| " + " | ".join(cells) + " |")
+        if has_layout:
+            g_f = geomean([r["ours_fwd_ms"] / r["torch_nchw_fwd_ms"] for r in rows])
+            g_fb = geomean([r["ours_fwd_bwd_ms"] / r["torch_nchw_fwd_bwd_ms"] for r in rows])
+            lines.append("")
+            lines.append(
+                f"Against PyTorch in NCHW only (median times): geometric mean fwd {g_f:.2f}, "
+                f"f+b {g_fb:.2f}."
+            )
     return "\n".join(lines)
 
 
@@ -400,6 +485,16 @@ def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
         if len(per_layer) > 1 and "ratio_fwd_bwd" in row:
             ratios = [r["ratio_fwd_bwd"] for r in per_layer]
             row.update(ratio_fwd_bwd_min=min(ratios), ratio_fwd_bwd_max=max(ratios))
+        for p in ("fwd", "fwd_bwd"):
+            # PyTorch's faster layout may differ between rounds: name the usual winner and,
+            # when the rounds disagree, how many rounds it won.
+            layouts = [r[f"torch_{p}_layout"] for r in per_layer if f"torch_{p}_layout" in r]
+            if layouts:
+                top = max(sorted(set(layouts)), key=layouts.count)
+                won = layouts.count(top)
+                row[f"torch_{p}_layout"] = (
+                    top if won == len(layouts) else f"{top} ({won}/{len(layouts)})"
+                )
         row["rounds"] = len(per_layer)
         merged.append(row)
     return merged
@@ -416,16 +511,22 @@ def run(
     settle_s: float = SETTLE_S,
     baseline: bool = False,
     rounds: int = 1,
+    channels_last: bool = True,
+    clock: str = "wall",
 ) -> str:
     """Benchmark ``layers``; returns the Markdown table (with a machine line) or JSON.
 
     With ``rounds`` > 1 the whole list is timed that many times over and each figure is
     the median over rounds: on a shared machine both libraries have slow periods of
     seconds to minutes (PyTorch's 1x1 and depthwise layers 2-3x, measured), which a
-    single pass over the suite records as they fall.
+    single pass over the suite records as they fall. With ``channels_last`` PyTorch is
+    also timed in its channels-last memory format and every ratio is against the faster
+    of its two layouts, per layer and pass.
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds: expected a positive int, got {rounds!r}")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock: expected one of {', '.join(CLOCKS)}, got {clock!r}")
     passes = []
     for number in range(rounds):
         rows = []
@@ -441,6 +542,8 @@ def run(
                     algorithm=algorithm,
                     settle_s=settle_s,
                     baseline=baseline,
+                    channels_last=channels_last,
+                    clock=clock,
                 )
             )
         passes.append(rows)
@@ -451,6 +554,8 @@ def run(
     header = ", ".join(f"{k}: {v}" for k, v in info.items())
     if rounds > 1:
         header += f", rounds: {rounds} (medians over rounds)"
+    if clock == "cpu":
+        header += ", clock: CPU time of the process (all threads)"
     return f"{header}\n\n{format_table(rows)}"
 
 
@@ -500,6 +605,20 @@ def add_arguments(parser) -> None:
         type=int,
         default=1,
         help="time the whole suite this many times and report medians over the rounds",
+    )
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=sorted(CLOCKS),
+        help="what a call is timed by: wall time (default) or the process's CPU time, all "
+        "threads (on a busy machine, with one thread per library: the work done)",
+    )
+    parser.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="time PyTorch in NCHW only (default: also in channels_last, and compare "
+        "against the faster of the two)",
     )
     parser.add_argument(
         "--settle",

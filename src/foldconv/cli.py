@@ -326,6 +326,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         settle_s=args.settle,
         baseline=args.baseline,
         rounds=args.rounds,
+        channels_last=args.channels_last,
+        clock=args.clock,
         progress=lambda s: print(s, file=sys.stderr),
     )
     print(out)
