@@ -15,6 +15,10 @@ same load.
     python bench/under_load.py [--rounds 3] [--loads 0 1 2] [--nets lenet alexnet]
         [--pin] [--env KEY=VALUE ...]
 
+``--who ours_full`` adds foldconv computing the first layer's input gradient too (what
+its step did before the trainer's ``skip_input_grad``; PyTorch never computes it: the
+images do not require grad).
+
 ``--env`` sets variables for foldconv's processes only (e.g. ``FOLDCONV_NUM_THREADS=1``),
 to compare settings. PyTorch runs with ``torch.set_num_threads`` of the number of cores
 this process may use, its default.
@@ -60,10 +64,13 @@ def _timed(step, net: str, steps: int, limit: float) -> list[float]:
     return times
 
 
-def worker_ours(net: str, steps: int, limit: float) -> dict:
+def worker_ours(net: str, steps: int, limit: float, full: bool = False) -> dict:
+    import contextlib
+
     import foldconv
     from foldconv import nn, optim
     from foldconv.models import alexnet_paper, lenet5
+    from foldconv.trainer.loop import skip_input_grad
 
     model = lenet5(10, rng=0) if net == "lenet" else alexnet_paper(1000, rng=0)
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -73,7 +80,9 @@ def worker_ours(net: str, steps: int, limit: float) -> dict:
     def step() -> None:
         crit(model(x), y)
         opt.zero_grad()
-        model.backward(crit.backward())
+        # As the trainer does: no gradient for the images (PyTorch computes none either).
+        with contextlib.nullcontext() if full else skip_input_grad(model):
+            model.backward(crit.backward())
         opt.step()
 
     times = _timed(step, net, steps, limit)
@@ -218,7 +227,7 @@ def _busy(n: int, pin: bool) -> list[subprocess.Popen]:
 
 def _run(who: str, net: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ)
-    if who == "ours":
+    if who.startswith("ours"):
         env.update(kv.split("=", 1) for kv in args.env)
     cmd = [sys.executable, __file__, "--worker", who, "--nets", net]
     cmd += ["--steps", str(args.steps or STEPS[net]), "--limit", str(args.limit)]
@@ -237,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--loads", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--nets", nargs="+", choices=["lenet", "alexnet"], default=["lenet", "alexnet"])
-    p.add_argument("--who", nargs="+", choices=["ours", "torch"], default=["ours", "torch"])
+    p.add_argument(
+        "--who", nargs="+", choices=["ours", "ours_full", "torch"], default=["ours", "torch"]
+    )
     p.add_argument("--pin", action="store_true", help="pin busy process i to core i")
     p.add_argument("--env", nargs="*", default=[], help="KEY=VALUE for foldconv's processes")
     p.add_argument("--steps", type=int, default=0, help="timed steps (default 30 / 5)")
@@ -248,15 +259,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time OpenBLAS's thread timeout and Numba's threading layers instead",
     )
-    p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "ours_full", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.layers:
         layers(args)
         return 0
     if args.worker:
-        fn = worker_ours if args.worker == "ours" else worker_torch
         net = args.nets[0]
-        print(json.dumps(fn(net, args.steps or STEPS[net], args.limit)))
+        steps = args.steps or STEPS[net]
+        if args.worker == "torch":
+            res = worker_torch(net, steps, args.limit)
+        else:
+            res = worker_ours(net, steps, args.limit, full=args.worker == "ours_full")
+        print(json.dumps(res))
         return 0
 
     # times[(net, load, who)] = one list of step times per round
@@ -308,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                 other = times.get((net, load, "torch"))
                 vs_torch = (
                     med / statistics.median([t for r in other for t in r])
-                    if who == "ours" and other
+                    if who.startswith("ours") and other
                     else None
                 )
                 print(

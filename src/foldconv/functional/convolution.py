@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from foldconv.backend import get_array_module, gpu_path
 from foldconv.functional import dispatch
 from foldconv.functional._args import (
@@ -50,6 +52,19 @@ def _check_algorithm(algorithm: Any, allowed: tuple[str, ...]) -> str:
             f"algorithm: expected one of {', '.join(map(repr, allowed))}, got {algorithm!r}"
         )
     return algorithm
+
+
+def _check_output_mask(output_mask: Any) -> tuple[bool, bool, bool]:
+    if (
+        not isinstance(output_mask, (tuple, list))
+        or len(output_mask) != 3
+        or not all(isinstance(m, (bool, np.bool_)) for m in output_mask)
+    ):
+        raise ValueError(
+            f"output_mask: expected 3 bools (grad_input, grad_weight, grad_bias), "
+            f"got {output_mask!r}"
+        )
+    return tuple(bool(m) for m in output_mask)
 
 
 def _prepare(x: Any, weight: Any, bias: Any = None, grad_output: Any = None):
@@ -143,6 +158,7 @@ def conv_backward(
     padding_mode: str = "zeros",
     *,
     algorithm: str = "auto",
+    output_mask: Any = (True, True, True),
 ) -> tuple[Any, Any, Any]:
     """Gradients of :func:`conv` with respect to its input, weight and bias.
 
@@ -156,15 +172,22 @@ def conv_backward(
         'im2col': dX by col2im of W̃ᵀ·δ (eq. BX); 'full_conv': dX as the full convolution
         of δ with the flipped kernel (eq. BX'); both use eq. BW for dW. 'winograd': dX as
         a Winograd full convolution, dW by eq. BW. 'direct': the seed's sums.
+    output_mask : 3 bools
+        Which of (grad_input, grad_weight, grad_bias) to compute, as in PyTorch's
+        ``aten.convolution_backward``; a gradient not asked for is not computed and comes
+        back as None. A network's first layer needs no grad_input (PyTorch skips it there
+        because its input does not require grad; for LeNet-5's conv1 it is a 25 x 6 GEMM
+        over the whole batch and a col2im).
 
     Returns
     -------
-    grad_input : ndarray, shape of x
-    grad_weight : ndarray, shape of weight
-    grad_bias : ndarray, shape (C_out,)
-        Always returned (eq. BB), whether or not the forward had a bias.
+    grad_input : ndarray, shape of x, or None
+    grad_weight : ndarray, shape of weight, or None
+    grad_bias : ndarray, shape (C_out,), or None
+        Returned (eq. BB) whether or not the forward had a bias.
     """
     algorithm = _check_algorithm(algorithm, BACKWARD_ALGORITHMS)
+    want_dx, want_dw, want_db = _check_output_mask(output_mask)
     xb, unbatched, weight, _, grad_output, xp = _prepare(x, weight, grad_output=grad_output)
     g = conv_geometry(xb.shape, weight.shape, stride, padding, dilation, groups, padding_mode)
     dy = _batched_grad(grad_output, unbatched, (g.batch, g.out_channels) + g.out_shape)
@@ -172,12 +195,16 @@ def conv_backward(
     xc = xb.astype(cdt, copy=False)
     w = weight.astype(cdt, copy=False)
     dy = dy.astype(cdt, copy=False)
-    dw = dispatch.weight_grad_unpadded(algorithm, g, dy, xc)
-    dx = dispatch.input_grad_unpadded(algorithm, g, dy, w)
-    db = dy.sum(axis=(0,) + tuple(range(2, 2 + g.ndim)))
     dtype = xb.dtype
-    dx = dx.astype(dtype, copy=False)
-    return (dx[0] if unbatched else dx), dw.astype(dtype, copy=False), db.astype(dtype)
+    dx = dw = db = None
+    if want_dw:
+        dw = dispatch.weight_grad_unpadded(algorithm, g, dy, xc).astype(dtype, copy=False)
+    if want_dx:
+        dx = dispatch.input_grad_unpadded(algorithm, g, dy, w).astype(dtype, copy=False)
+        dx = dx[0] if unbatched else dx
+    if want_db:
+        db = dy.sum(axis=(0,) + tuple(range(2, 2 + g.ndim))).astype(dtype)
+    return dx, dw, db
 
 
 def conv_transpose(
@@ -236,6 +263,7 @@ def conv_transpose_backward(
     dilation: Any = 1,
     *,
     algorithm: str = "auto",
+    output_mask: Any = (True, True, True),
 ) -> tuple[Any, Any, Any]:
     """Gradients of :func:`conv_transpose` with respect to input, weight and bias.
 
@@ -243,13 +271,16 @@ def conv_transpose_backward(
     the convolution (eq. F) of the padded δ, and its weight gradient is eq. BW with δ
     and X exchanged: dW̃ = X · unfold(δ_pad)ᵀ.
 
+    ``output_mask`` as in :func:`conv_backward`: a gradient not asked for is None.
+
     Returns
     -------
-    grad_input : ndarray, shape of x
-    grad_weight : ndarray, shape of weight
-    grad_bias : ndarray, shape (C_out,)
+    grad_input : ndarray, shape of x, or None
+    grad_weight : ndarray, shape of weight, or None
+    grad_bias : ndarray, shape (C_out,), or None
     """
     algorithm = _check_algorithm(algorithm, ALGORITHMS)
+    want_dx, want_dw, want_db = _check_output_mask(output_mask)
     xb, unbatched, weight, _, grad_output, xp = _prepare(x, weight, grad_output=grad_output)
     g = conv_transpose_geometry(
         xb.shape, weight.shape, stride, padding, output_padding, groups, dilation
@@ -258,19 +289,30 @@ def conv_transpose_backward(
     cdt = compute_dtype(xb.dtype)
     xc = xb.astype(cdt, copy=False)
     w = weight.astype(cdt, copy=False)
+    dx = dw = db = None
     if gpu_path(xp):
         # The GPU kernels read the zero padding themselves: no padded copy of δ.
         dyc = dy.astype(cdt, copy=False)
-        dx = dispatch.forward_unpadded(algorithm, g, dyc, w)
-        dw = dispatch.weight_grad_unpadded(algorithm, g, xc, dyc)
-    else:
+        if want_dx:
+            dx = dispatch.forward_unpadded(algorithm, g, dyc, w)
+        if want_dw:
+            dw = dispatch.weight_grad_unpadded(algorithm, g, xc, dyc)
+    elif want_dx or want_dw:
         dy_pad = apply_pad(dy.astype(cdt, copy=False), g.pads, "zeros")
-        dx = dispatch.run("forward", algorithm, g, dy_pad, w)
-        dw = dispatch.run("weight_grad", algorithm, g, xc, dy_pad)
-    db = dy.astype(cdt, copy=False).sum(axis=(0,) + tuple(range(2, 2 + g.ndim)))
+        if want_dx:
+            dx = dispatch.run("forward", algorithm, g, dy_pad, w)
+        if want_dw:
+            dw = dispatch.run("weight_grad", algorithm, g, xc, dy_pad)
     dtype = xb.dtype
-    dx = dx.astype(dtype, copy=False)
-    return (dx[0] if unbatched else dx), dw.astype(dtype, copy=False), db.astype(dtype)
+    if want_db:
+        db = dy.astype(cdt, copy=False).sum(axis=(0,) + tuple(range(2, 2 + g.ndim)))
+        db = db.astype(dtype)
+    if dx is not None:
+        dx = dx.astype(dtype, copy=False)
+        dx = dx[0] if unbatched else dx
+    if dw is not None:
+        dw = dw.astype(dtype, copy=False)
+    return dx, dw, db
 
 
 def _ranked(name: str, ndim: int):

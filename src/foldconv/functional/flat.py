@@ -168,6 +168,29 @@ def _dy_ext(dy: Any, g: ConvGeometry, plan: _Plan, buf: Any) -> Any:
     return ext.reshape(g.groups, g.out_channels // g.groups, n * plan.length)
 
 
+# Skinny GEMMs. OpenBLAS 0.3.31 runs (C_out/G) x (C_in/G·prod(K)) x (n·L) products with
+# few rows slowly: LeNet-5 at batch 128, one thread, ms: conv1's forward (6 x 25 x 114176)
+# 1.5-2.3 as one GEMM, 0.9-1.25 as 128 per-sample GEMMs (6 x 25 x 892, each in cache);
+# conv2's (16 x 150 x 17408) 2.0-2.2 against 1.7; conv1's weight gradient (6 x 114176 x
+# 25, a long inner dimension) 2.6-2.85 against 0.9-0.95, conv2's (16 x 17408 x 150) 2.6-3.0
+# against 3.0-3.8 (BENCHMARKS.md, "LeNet-5 against its floor"). Hence: per-sample
+# products for a forward with a small weight matrix, and for a weight gradient whose
+# per-sample inner dimension L is long next to its output's sides. A small weight
+# gradient that stays one product is computed as (cols · δᵀ)ᵀ: conv2's 1.35-1.48 ms against
+# 2.37-2.40 for δ · colsᵀ at one thread, 0.70 against 1.43 at two. None of these choices
+# depends on the thread count, so results do not either.
+_PER_SAMPLE_WEIGHT_ELEMENTS = 4096
+_PER_SAMPLE_INNER_RATIO = 4
+
+
+def _per_sample_forward(cog: int, rows: int) -> bool:
+    return cog * rows <= _PER_SAMPLE_WEIGHT_ELEMENTS
+
+
+def _per_sample_weight_grad(cog: int, rows: int, length: int) -> bool:
+    return length >= _PER_SAMPLE_INNER_RATIO * max(cog, rows)
+
+
 def forward(x_pad: Any, w: Any, g: ConvGeometry) -> Any:
     """Eq. F without bias on the flat range. Returns (N, C_out, *out)."""
     xp = get_array_module(x_pad)
@@ -175,6 +198,7 @@ def forward(x_pad: Any, w: Any, g: ConvGeometry) -> Any:
     phases = _split(x_pad, g, plan)
     G, cog = g.groups, g.out_channels // g.groups
     wg = w.reshape(G, cog, -1)
+    per_sample = _per_sample_forward(cog, wg.shape[2])
     y = xp.empty((g.batch, g.out_channels) + g.out_shape, dtype=x_pad.dtype)
     for n0, n1 in _chunks(g, plan, x_pad.dtype.itemsize):
         # Both from reused scratch: fresh pages cost a page fault each (a third of LeNet's
@@ -183,7 +207,12 @@ def forward(x_pad: Any, w: Any, g: ConvGeometry) -> Any:
         cols = _columns(phases[n0:n1], g, plan, buf)
         out = out.reshape(G, cog, cols.shape[2])
         for j in range(G):
-            xp.matmul(wg[j], cols[j], out=out[j])
+            if per_sample:  # the same products, one (C_out/G x L) block per sample
+                a = cols[j].reshape(-1, n1 - n0, plan.length).transpose(1, 0, 2)
+                o = out[j].reshape(cog, n1 - n0, plan.length).transpose(1, 0, 2)
+                xp.matmul(wg[j], a, out=o)
+            else:
+                xp.matmul(wg[j], cols[j], out=out[j])
         valid = _valid(out.reshape(g.out_channels, n1 - n0, plan.length), g, plan)
         y[n0:n1] = xp.moveaxis(valid, 0, 1)
     return y
@@ -195,13 +224,24 @@ def weight_grad(dy: Any, x_pad: Any, g: ConvGeometry) -> Any:
     plan = _plan(g)
     phases = _split(x_pad, g, plan)
     G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
-    dw = xp.zeros((G, cog, cig * g.kernel_size), dtype=x_pad.dtype)
+    rows = cig * g.kernel_size
+    dw = xp.zeros((G, cog, rows), dtype=x_pad.dtype)
+    per_sample = _per_sample_weight_grad(cog, rows, plan.length)
+    transposed = cog * rows <= _PER_SAMPLE_WEIGHT_ELEMENTS
     for n0, n1 in _chunks(g, plan, x_pad.dtype.itemsize):
-        buf, ext = _buffers(g, plan, n1 - n0, x_pad.dtype, xp)
+        n = n1 - n0
+        buf, ext = _buffers(g, plan, n, x_pad.dtype, xp)
         cols = _columns(phases[n0:n1], g, plan, buf)
         d = _dy_ext(dy[n0:n1], g, plan, ext)
         for j in range(G):
-            dw[j] += d[j] @ cols[j].T
+            if per_sample:  # Σ over samples of δ_n · cols_nᵀ, each product in cache
+                dn = d[j].reshape(cog, n, plan.length).transpose(1, 0, 2)
+                cn = cols[j].reshape(rows, n, plan.length).transpose(1, 2, 0)
+                dw[j] += xp.matmul(dn, cn).sum(axis=0)
+            elif transposed:  # the same product as colsᵀ's transpose (see above)
+                dw[j] += (cols[j] @ d[j].T).T
+            else:
+                dw[j] += d[j] @ cols[j].T
     return dw.reshape((g.out_channels, cig) + g.kernel)
 
 

@@ -22,6 +22,10 @@ from foldconv.nn.module import Module, Parameter
 class _ConvNd(Module):
     _ndim = 0
     _transposed = False
+    # False: backward skips dL/dx and returns None. For a network's first layer, whose
+    # input gradient nobody reads (PyTorch skips it there: the input does not require
+    # grad); the trainer sets it for the duration of a step (:func:`skip_input_grad`).
+    needs_input_grad = True
 
     def __init__(
         self,
@@ -108,11 +112,13 @@ class _ConvNd(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        """Returns dL/dx; accumulates dL/dW (eq. BW) and dL/db (eq. BB) into ``.grad``."""
+        """Returns dL/dx (None when ``needs_input_grad`` is False); accumulates dL/dW
+        (eq. BW) and dL/db (eq. BB) into ``.grad``."""
         if self._x is None:
             raise RuntimeError(f"{type(self).__name__}.backward: call forward first")
         fn = F.conv_transpose_backward if self._transposed else F.conv_backward
-        dx, dw, db = fn(grad_output, self._x, self.weight.data, **self._options())
+        mask = (self.needs_input_grad, True, self.bias is not None)
+        dx, dw, db = fn(grad_output, self._x, self.weight.data, **self._options(), output_mask=mask)
         self.weight.accumulate(dw, take=True)
         if self.bias is not None:
             self.bias.accumulate(db, take=True)

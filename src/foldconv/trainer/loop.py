@@ -54,6 +54,42 @@ from foldconv.trainer.pipeline import (
 from foldconv.trainer.plots import write_plots
 
 
+def _first_layer(model: Module) -> Module:
+    """The module a Sequential chain (or a FeatureClassifier's features) runs first."""
+    from foldconv.models._base import FeatureClassifier  # noqa: PLC0415
+    from foldconv.nn.module import Sequential  # noqa: PLC0415
+
+    while True:
+        if isinstance(model, FeatureClassifier):
+            model = model.features
+        elif type(model) is Sequential and len(model):
+            model = model[0]
+        else:
+            return model
+
+
+@contextlib.contextmanager
+def skip_input_grad(model: Module) -> Iterator[None]:
+    """Within: the model's first layer, when a convolution, skips dL/dx in backward.
+
+    The trainer never reads the gradient of the images; PyTorch does not compute it
+    either (they do not require grad). For LeNet-5 that is conv1's 25 x 6 GEMM over
+    the batch and its col2im. The flag is restored on exit, so the model the user
+    holds keeps returning dL/dx from ``backward``.
+    """
+    from foldconv.nn.conv import _ConvNd  # noqa: PLC0415
+
+    layer = _first_layer(model)
+    if not isinstance(layer, _ConvNd) or not layer.needs_input_grad:
+        yield
+        return
+    layer.needs_input_grad = False
+    try:
+        yield
+    finally:
+        layer.needs_input_grad = True
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint stays.
 
@@ -773,7 +809,8 @@ class _Run:
             if not math.isfinite(loss):
                 self._diverged(loss, e, bar)
             self.optimizer.zero_grad()
-            model.backward(crit.backward())
+            with skip_input_grad(model):
+                model.backward(crit.backward())
             correct = int((logits.argmax(axis=1) == y).sum())
             return loss, correct, len(y)
         # On the GPU: one copy of the batch in, the whole step queued, then one copy of
@@ -783,7 +820,8 @@ class _Run:
         logits = model(xd)
         loss_d = crit(logits, yd)
         self.optimizer.zero_grad()
-        model.backward(crit.backward())
+        with skip_input_grad(model):
+            model.backward(crit.backward())
         xp = get_array_module(logits)
         correct_d = (logits.argmax(axis=1) == yd).sum()
         loss_h, correct_h = to_device(xp.stack([loss_d.astype(xp.float64), correct_d]), "cpu")
@@ -829,7 +867,8 @@ class _Run:
                 grad = crit.backward(n_local / m)
             else:
                 grad = get_array_module(logits).zeros_like(logits)
-            model.backward(grad)
+            with skip_input_grad(model):
+                model.backward(grad)
         self.buckets.allreduce()
         return loss, int(totals[1]), m
 
