@@ -19,9 +19,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(p)
     a = p.parse_args(argv)
+    try:
+        layers = layers_from_args(a)
+    except ValueError as err:
+        p.error(str(err))
     print(
         run(
-            layers_from_args(a),
+            layers,
             min_reps=a.min_reps,
             budget_s=a.budget,
             as_json=a.json,

@@ -267,14 +267,23 @@ def write_references(shapes: list[dict], refdir: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--rounds", type=int, default=3, help="rounds of every source (>= 1)")
+    p.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="thread counts to time (>= 1)"
+    )
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
     p.add_argument("--layers", default="", help="comma-separated suite layers (default: all)")
     p.add_argument("--no-square", action="store_true", help=f"leave out the {SQUARE}^3 GEMM")
     p.add_argument("--json", default=None, help="also write the raw results to this file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.rounds < 1 or min(a.threads) < 1:
+        p.error(f"--rounds and --threads: expected >= 1, got {a.rounds} and {a.threads}")
+    from foldconv.benchmark import CPU_SUITE  # noqa: PLC0415
+
+    unknown = sorted(set(n for n in a.layers.split(",") if n) - {x.name for x in CPU_SUITE})
+    if unknown:
+        p.error(f"--layers: unknown layer(s) {', '.join(unknown)}")
     shapes = suite_shapes([n for n in a.layers.split(",") if n] or None, not a.no_square)
     if a.worker:
         source, threads, refdir, check = a.worker.split(":")

@@ -21,8 +21,8 @@ def _cupy() -> ModuleType | None:
     if not _configured:
         from foldconv.cuda import precision  # noqa: PLC0415
 
-        precision.apply(cupy)
-        _configured = True
+        # False without a usable GPU: configured again on the next call.
+        _configured = precision.apply(cupy)
     return cupy
 
 

@@ -572,7 +572,10 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 def add_arguments(parser) -> None:
     """The options of ``foldconv bench``."""
     parser.add_argument(
-        "--layers", default="", help="comma-separated suite layers to run (default: all)"
+        "--layers",
+        default="",
+        help="comma-separated suite layers to run (default: all): "
+        + ", ".join(layer.name for layer in CPU_SUITE),
     )
     parser.add_argument(
         "--in",
@@ -611,7 +614,9 @@ def add_arguments(parser) -> None:
         default="wall",
         choices=sorted(CLOCKS),
         help="what a call is timed by: wall time (default) or the process's CPU time, all "
-        "threads (on a busy machine, with one thread per library: the work done)",
+        "threads (on a busy machine, with one thread per library: the work done; set "
+        "FOLDCONV_NUM_THREADS=1 FOLDCONV_BENCH_THREADS=1, else PyTorch's spinning threads "
+        "count as work)",
     )
     parser.add_argument(
         "--no-channels-last",

@@ -24,7 +24,7 @@ def set_tf32(enabled: bool) -> bool:
     previous, _tf32 = _tf32, enabled
     from foldconv.backend import _cupy_if_imported  # noqa: PLC0415
 
-    cp = _cupy_if_imported()
+    cp = _cupy_if_imported()  # configures CuPy (applies the setting) where CUDA is usable
     if cp is not None:
         apply(cp)
     return previous
@@ -35,11 +35,23 @@ def get_tf32() -> bool:
     return _tf32
 
 
-def apply(cupy: Any) -> None:
-    """Set CuPy's compute type for float32 GEMMs from the current setting."""
+def apply(cupy: Any) -> bool:
+    """Set CuPy's compute type for float32 GEMMs from the current setting.
+
+    Returns False, changing nothing, where CUDA cannot be used (CuPy installed without a
+    usable driver or GPU: CuPy asks the device while setting the compute type); the setting
+    is applied when CuPy is first used with a working GPU, and asking for 'cuda' there
+    gets foldconv's device error, not CUDA's.
+    """
     import numpy as np  # noqa: PLC0415
     from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
 
-    linalg.set_compute_type(
-        np.float32, linalg.COMPUTE_TYPE_TF32 if _tf32 else linalg.COMPUTE_TYPE_FP32
-    )
+    try:
+        linalg.set_compute_type(
+            np.float32, linalg.COMPUTE_TYPE_TF32 if _tf32 else linalg.COMPUTE_TYPE_FP32
+        )
+    except Exception as err:
+        if type(err).__module__.split(".")[0] in ("cupy", "cupy_backends"):
+            return False  # a CUDA runtime error: no usable GPU
+        raise
+    return True
