@@ -1,12 +1,15 @@
 """One AlexNet (2012 paper) training step at batch 16 on 227x227 images: foldconv vs PyTorch.
 
 A step is forward, cross-entropy loss, backward and an SGD update (momentum 0.9, weight
-decay 5e-4), float32, on the CPU. Each framework runs in its own process, so that its
+decay 5e-4), float32, on the CPU. As the trainer does (``skip_input_grad``), foldconv's
+backward computes no gradient for the images, which PyTorch does not compute either
+(they do not require grad); ``--full`` computes it (conv1's input gradient, as this
+script did before). Each framework runs in its own process, so that its
 peak memory (``ru_maxrss``, the resident set's high-water mark) is its own; the table
 gives the median step time over ``--repeats`` steps after one warm-up step, the peak RSS,
 and the peak minus the RSS after building the model (the memory the steps add).
 
-    python bench/alexnet_step.py [--batch 16] [--repeats 3]
+    python bench/alexnet_step.py [--batch 16] [--repeats 3] [--full]
 
 PyTorch runs with ``torch.set_num_threads(2)``. On a shared machine the timings are noisy.
 """
@@ -38,9 +41,12 @@ def _current_rss_mib() -> float:
         return float("nan")
 
 
-def worker_ours(batch: int, repeats: int) -> dict:
+def worker_ours(batch: int, repeats: int, full: bool = False) -> dict:
+    import contextlib
+
     from foldconv import nn, optim
     from foldconv.models import alexnet_paper
+    from foldconv.trainer.loop import skip_input_grad
 
     rng = np.random.default_rng(0)
     model = alexnet_paper(1000, rng=rng)
@@ -54,7 +60,8 @@ def worker_ours(batch: int, repeats: int) -> dict:
         t0 = time.perf_counter()
         loss = crit(model(x), y)
         opt.zero_grad()
-        model.backward(crit.backward())
+        with contextlib.nullcontext() if full else skip_input_grad(model):
+            model.backward(crit.backward())
         opt.step()
         times.append(time.perf_counter() - t0)
     return {"times": times[1:], "loss": float(loss), "built_mib": built, "peak_mib": _rss_mib()}
@@ -119,11 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--full", action="store_true", help="foldconv also computes the images' gradient"
+    )
     p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        fn = worker_ours if args.worker == "ours" else worker_torch
-        print(json.dumps(fn(args.batch, args.repeats)))
+        if args.worker == "ours":
+            out = worker_ours(args.batch, args.repeats, args.full)
+        else:
+            out = worker_torch(args.batch, args.repeats)
+        print(json.dumps(out))
         return 0
     results = {}
     for name in ("ours", "torch"):
@@ -137,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.batch),
                 "--repeats",
                 str(args.repeats),
+                *(["--full"] if args.full else []),
             ],
             capture_output=True,
             text=True,
