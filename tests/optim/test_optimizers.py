@@ -480,3 +480,48 @@ def test_cupy_matches_numpy():
             opt.step()
         assert all(type(p.data).__module__.startswith("cupy") for p in gpu_params)
         assert_close([p.data.get() for p in gpu_params], ref, tol=1e-12)
+
+
+SGD_BLOCK_CONFIGS = [
+    {"lr": 0.05},
+    {"lr": 0.05, "momentum": 0.9},
+    {"lr": 0.05, "momentum": 0.8, "dampening": 0.3, "weight_decay": 0.05, "nesterov": False},
+    {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3, "nesterov": True},
+    {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-3, "maximize": True},
+]
+
+
+@pytest.mark.parametrize("kw", SGD_BLOCK_CONFIGS, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_block_update_of_large_parameters_matches_torch_and_the_whole_array_update(
+    kw, dtype, monkeypatch
+):
+    """Parameters over sgd._BLOCK elements are updated block by block (AlexNet's fc6):
+    the same arithmetic per element, so bit for bit the whole-array update; and torch's
+    result to rounding (torch's own kernels may contract or reorder)."""
+    from foldconv.optim import sgd as sgd_module
+
+    rng = np.random.default_rng(3)
+    n = sgd_module._BLOCK * 2 + 12345  # two full blocks and a partial one
+    w0 = rng.standard_normal(n).astype(dtype)
+    grads = [rng.standard_normal(n).astype(dtype) for _ in range(3)]
+
+    def run(block):
+        monkeypatch.setattr(sgd_module, "_BLOCK", block)
+        p = Parameter(w0.copy())
+        opt = SGD([p], **kw)
+        for g in grads:
+            p.grad = g.copy()
+            opt.step()
+        return p.data
+
+    blocked = run(sgd_module._BLOCK)
+    whole = run(n + 1)  # one pass over the whole array
+    np.testing.assert_array_equal(blocked, whole)
+    tp = torch.tensor(w0.copy(), requires_grad=True)
+    topt = torch.optim.SGD([tp], **kw)
+    for g in grads:
+        tp.grad = torch.tensor(g)
+        topt.step()
+    assert_close([blocked], [tp.detach().numpy()], tol=1e-6 if dtype == np.float32 else 1e-14)
+    assert np.max(np.abs(blocked - w0)) > 1e-3  # the steps moved the weights
