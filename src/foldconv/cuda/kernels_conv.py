@@ -26,6 +26,16 @@ from foldconv.cuda.launch import numba_cuda
 cuda = numba_cuda()
 
 
+@cuda.jit(device=True)
+def _add_digit(digit, step, carry, radix):
+    """One digit of a mixed-radix addition: (digit + step + carry) mod radix and the carry
+    out. digit and step are below the radix, so it overflows at most once."""
+    digit += step + carry
+    if digit >= radix:
+        return digit - radix, 1
+    return digit, 0
+
+
 @kernel
 def im2col(
     n_items, x, cols, C, D, H, W, l0, l1, l2, K0, K1, K2, s0, s1, s2, d0, d1, d2,
@@ -85,41 +95,13 @@ def im2col(
         i += step
         # (digits of i) += (digits of step): each digit and its step are below the
         # radix, so a digit overflows at most once and carries 1.
-        o2 += g_o2
-        carry = 0
-        if o2 >= b2:
-            o2 -= b2
-            carry = 1
-        o1 += g_o1 + carry
-        carry = 0
-        if o1 >= b1:
-            o1 -= b1
-            carry = 1
-        o0 += g_o0 + carry
-        carry = 0
-        if o0 >= b0:
-            o0 -= b0
-            carry = 1
-        n += g_n + carry
-        carry = 0
-        if n >= nt:
-            n -= nt
-            carry = 1
-        t2 += g_t2 + carry
-        carry = 0
-        if t2 >= K2:
-            t2 -= K2
-            carry = 1
-        t1 += g_t1 + carry
-        carry = 0
-        if t1 >= K1:
-            t1 -= K1
-            carry = 1
-        t0 += g_t0 + carry
-        carry = 0
-        if t0 >= K0:
-            t0 -= K0
-            carry = 1
+        o2, carry = _add_digit(o2, g_o2, 0, b2)
+        o1, carry = _add_digit(o1, g_o1, carry, b1)
+        o0, carry = _add_digit(o0, g_o0, carry, b0)
+        n, carry = _add_digit(n, g_n, carry, nt)
+        t2, carry = _add_digit(t2, g_t2, carry, K2)
+        t1, carry = _add_digit(t1, g_t1, carry, K1)
+        t0, carry = _add_digit(t0, g_t0, carry, K0)
         c += g_c + carry
 
 

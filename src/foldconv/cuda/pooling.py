@@ -318,6 +318,18 @@ def _divisor(xp: Any, divisor: Any, out_shape: tuple[int, ...], dtype: np.dtype)
 # -- adaptive pooling --------------------------------------------------------------------------
 # Bin o of a dimension of size n pooled to m covers [floor(o n / m), ceil((o+1) n / m));
 # the bins containing input cell j are o in [floor(j m / n), ceil((j+1) m / n) - 1].
+@cuda.jit(device=True)
+def _bin_start(o, n, m):
+    """First cell of bin o (of m) over n cells: floor(o n / m)."""
+    return (o * n) // m
+
+
+@cuda.jit(device=True)
+def _bin_end(o, n, m):
+    """One past the last cell of bin o (of m) over n cells: ceil((o + 1) n / m)."""
+    return ((o + 1) * n + m - 1) // m
+
+
 @kernel
 def _adaptive_avg_forward(n, x, y, D, H, W, OD, OH, OW):
     """y[o] = mean of bin o (float64 sum)."""
@@ -328,9 +340,9 @@ def _adaptive_avg_forward(n, x, y, D, H, W, OD, OH, OW):
         r //= OH
         od = r % OD
         base = (r // OD) * (D * H * W)
-        d0, d1 = (od * D) // OD, ((od + 1) * D + OD - 1) // OD
-        h0, h1 = (oh * H) // OH, ((oh + 1) * H + OH - 1) // OH
-        w0, w1 = (ow * W) // OW, ((ow + 1) * W + OW - 1) // OW
+        d0, d1 = _bin_start(od, D, OD), _bin_end(od, D, OD)
+        h0, h1 = _bin_start(oh, H, OH), _bin_end(oh, H, OH)
+        w0, w1 = _bin_start(ow, W, OW), _bin_end(ow, W, OW)
         acc = 0.0
         for z in range(d0, d1):
             for yy in range(h0, h1):
@@ -350,12 +362,12 @@ def _adaptive_avg_backward(n, g, gx, D, H, W, OD, OH, OW):
         z = r % D
         obase = (r // D) * (OD * OH * OW)
         acc = 0.0
-        for od in range((z * OD) // D, min(((z + 1) * OD + D - 1) // D, OD)):
-            cd = ((od + 1) * D + OD - 1) // OD - (od * D) // OD
-            for oh in range((yy * OH) // H, min(((yy + 1) * OH + H - 1) // H, OH)):
-                ch = ((oh + 1) * H + OH - 1) // OH - (oh * H) // OH
-                for ow in range((xx * OW) // W, min(((xx + 1) * OW + W - 1) // W, OW)):
-                    cw = ((ow + 1) * W + OW - 1) // OW - (ow * W) // OW
+        for od in range(_bin_start(z, OD, D), min(_bin_end(z, OD, D), OD)):
+            cd = _bin_end(od, D, OD) - _bin_start(od, D, OD)
+            for oh in range(_bin_start(yy, OH, H), min(_bin_end(yy, OH, H), OH)):
+                ch = _bin_end(oh, H, OH) - _bin_start(oh, H, OH)
+                for ow in range(_bin_start(xx, OW, W), min(_bin_end(xx, OW, W), OW)):
+                    cw = _bin_end(ow, W, OW) - _bin_start(ow, W, OW)
                     acc += float64(g[obase + (od * OH + oh) * OW + ow]) / (cd * ch * cw)
         gx[i] = acc
 
@@ -371,9 +383,9 @@ def _adaptive_max_forward(n, x, y, idx, D, H, W, OD, OH, OW):
         r //= OH
         od = r % OD
         base = (r // OD) * (D * H * W)
-        d0, d1 = (od * D) // OD, ((od + 1) * D + OD - 1) // OD
-        h0, h1 = (oh * H) // OH, ((oh + 1) * H + OH - 1) // OH
-        w0, w1 = (ow * W) // OW, ((ow + 1) * W + OW - 1) // OW
+        d0, d1 = _bin_start(od, D, OD), _bin_end(od, D, OD)
+        h0, h1 = _bin_start(oh, H, OH), _bin_end(oh, H, OH)
+        w0, w1 = _bin_start(ow, W, OW), _bin_end(ow, W, OW)
         pos = (d0 * H + h0) * W + w0
         best = x[base + pos]
         for z in range(d0, d1):
@@ -406,9 +418,9 @@ def _adaptive_max_backward(n, n_in, n_out, g, idx, gx, bad, D, H, W, OD, OH, OW)
             obase = plane * (OD * OH * OW)
             pos = i - plane * (D * H * W)
             acc = 0.0
-            for od in range((z * OD) // D, min(((z + 1) * OD + D - 1) // D, OD)):
-                for oh in range((yy * OH) // H, min(((yy + 1) * OH + H - 1) // H, OH)):
-                    for ow in range((xx * OW) // W, min(((xx + 1) * OW + W - 1) // W, OW)):
+            for od in range(_bin_start(z, OD, D), min(_bin_end(z, OD, D), OD)):
+                for oh in range(_bin_start(yy, OH, H), min(_bin_end(yy, OH, H), OH)):
+                    for ow in range(_bin_start(xx, OW, W), min(_bin_end(xx, OW, W), OW)):
                         o = obase + (od * OH + oh) * OW + ow
                         if idx[o] == pos:
                             acc += float64(g[o])
@@ -423,9 +435,9 @@ def _adaptive_max_backward(n, n_in, n_out, g, idx, gx, bad, D, H, W, OD, OH, OW)
             yy = (p // W) % H
             z = p // (W * H)
             inside = (
-                (od * D) // OD <= z < ((od + 1) * D + OD - 1) // OD
-                and (oh * H) // OH <= yy < ((oh + 1) * H + OH - 1) // OH
-                and (ow * W) // OW <= xx < ((ow + 1) * W + OW - 1) // OW
+                _bin_start(od, D, OD) <= z < _bin_end(od, D, OD)
+                and _bin_start(oh, H, OH) <= yy < _bin_end(oh, H, OH)
+                and _bin_start(ow, W, OW) <= xx < _bin_end(ow, W, OW)
             )
             bad[i] = 0 if inside else 1
 
