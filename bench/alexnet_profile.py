@@ -7,7 +7,9 @@ gradient as the trainer does (``skip_input_grad``). Prints the median over ``--s
 steps after one warm-up step, in ms, with each convolution's and Linear layer's
 multiply-adds.
 
-    PYTHONPATH=src python bench/alexnet_profile.py [--steps 5] [--json]
+    PYTHONPATH=src python bench/alexnet_profile.py [--steps 5] [--net lenet] [--json]
+
+``--net lenet`` profiles LeNet-5 at batch 128 (1x28x28) the same way.
 """
 
 from __future__ import annotations
@@ -44,17 +46,22 @@ def _macs(layer: Any, out_shape: tuple[int, ...]) -> int:
     return math.prod(out_shape) * per_output
 
 
-def profile(steps: int) -> tuple[dict[str, float], dict[str, int], list[str]]:
+def profile(steps: int, net: str = "alexnet") -> tuple[dict[str, float], dict[str, int], list[str]]:
     from foldconv import nn, optim
-    from foldconv.models import alexnet_paper
+    from foldconv.models import alexnet_paper, lenet5
     from foldconv.trainer.loop import skip_input_grad
 
     rng = np.random.default_rng(0)
-    model = alexnet_paper(1000, rng=rng)
+    if net == "lenet":
+        model = lenet5(10, rng=rng)
+        x = rng.standard_normal((128, 1, 28, 28)).astype(np.float32)
+        y = rng.integers(0, 10, size=128)
+    else:
+        model = alexnet_paper(1000, rng=rng)
+        x = rng.standard_normal((16, 3, 227, 227)).astype(np.float32)
+        y = rng.integers(0, 1000, size=16)
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     crit = nn.CrossEntropyLoss()
-    x = rng.standard_normal((16, 3, 227, 227)).astype(np.float32)
-    y = rng.integers(0, 1000, size=16)
     times: dict[str, list[float]] = collections.defaultdict(list)
     macs: dict[str, int] = {}
     order = []
@@ -94,9 +101,10 @@ def profile(steps: int) -> tuple[dict[str, float], dict[str, int], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--net", choices=["alexnet", "lenet"], default="alexnet")
     p.add_argument("--json", action="store_true", help="print the medians as JSON")
     args = p.parse_args(argv)
-    medians, macs, order = profile(args.steps)
+    medians, macs, order = profile(args.steps, args.net)
     if args.json:
         print(json.dumps({"ms": medians, "macs": macs}))
         return 0
