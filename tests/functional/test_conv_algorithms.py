@@ -252,7 +252,7 @@ def test_winograd_tiles_over_the_batch_within_the_workspace_limit():
         tiled = conv(x, w, padding=1, algorithm="winograd")
         foldconv.set_workspace_limit(per_sample // 2)
         assert not winograd.fits(g, 4, 8)
-        assert dispatch.cost_model("forward", g, np.dtype(np.float64)) == "im2col"
+        assert dispatch.cost_model("forward", g, np.dtype(np.float64)) != "winograd"
     finally:
         foldconv.set_workspace_limit(previous)
     assert rel_err(tiled, ref) <= 1e-14
@@ -329,9 +329,9 @@ def test_autotuner_caches_a_supported_winner_and_keeps_results():
     assert rel_err(y, ref) <= 1e-12
     passes = {key[0]: name for key, name in tuned.items()}
     assert set(passes) == {"forward", "input_grad", "weight_grad"}
-    assert passes["forward"] in ("im2col", "winograd")
-    assert passes["input_grad"] in ("im2col", "full_conv", "winograd")
-    assert passes["weight_grad"] in ("im2col", "winograd")
+    assert passes["forward"] in ("im2col", "winograd", "direct_compiled")
+    assert passes["input_grad"] in ("im2col", "full_conv", "winograd", "direct_compiled")
+    assert passes["weight_grad"] in ("im2col", "winograd", "direct_compiled")
 
 
 def test_bad_algorithm_requests():

@@ -39,7 +39,7 @@ from foldconv.functional._args import (
 )
 from foldconv.functional.padding import apply_pad
 
-ALGORITHMS = ("auto", "direct", "im2col", "winograd", "depthwise")
+ALGORITHMS = ("auto", "direct", "im2col", "winograd", "depthwise", "direct_compiled")
 BACKWARD_ALGORITHMS = ALGORITHMS + ("full_conv",)
 
 
@@ -125,11 +125,12 @@ def conv(
         Input and output channels are split into this many independent groups
         (groups == C_in: depthwise).
     padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}
-    algorithm : {'auto', 'direct', 'im2col', 'winograd', 'depthwise'}
+    algorithm : {'auto', 'direct', 'im2col', 'winograd', 'depthwise', 'direct_compiled'}
         'direct' runs the seed's summation formula (slow; a reference); 'im2col' the
         unfold + GEMM form; 'winograd' F(2x2, 3x3) for 2-d 3x3 stride-1 layers;
-        'depthwise' direct per-tap passes for groups == C_in; 'auto' picks (see
-        :mod:`foldconv.functional.dispatch`).
+        'depthwise' direct per-tap passes for groups == C_in; 'direct_compiled' the
+        seed's sums compiled with Numba, for stride-1 layers (fast where channels are
+        few); 'auto' picks (see :mod:`foldconv.functional.dispatch`).
 
     Returns
     -------
@@ -168,7 +169,8 @@ def conv_backward(
         δ = dL/dY.
     x, weight, stride, padding, dilation, groups, padding_mode
         As given to :func:`conv`.
-    algorithm : {'auto', 'direct', 'im2col', 'full_conv', 'winograd', 'depthwise'}
+    algorithm : {'auto', 'direct', 'im2col', 'full_conv', 'winograd', 'depthwise',
+        'direct_compiled'}
         'im2col': dX by col2im of W̃ᵀ·δ (eq. BX); 'full_conv': dX as the full convolution
         of δ with the flipped kernel (eq. BX'); both use eq. BW for dW. 'winograd': dX as
         a Winograd full convolution, dW by eq. BW. 'direct': the seed's sums.
@@ -232,7 +234,7 @@ def conv_transpose(
     padding : int, tuple of int or tuple of (low, high) pairs
         Removed from the output: the padding of the convolution this is the transpose of.
     groups : int
-    algorithm : {'auto', 'direct', 'im2col', 'winograd', 'depthwise'}
+    algorithm : {'auto', 'direct', 'im2col', 'winograd', 'depthwise', 'direct_compiled'}
 
     Returns
     -------

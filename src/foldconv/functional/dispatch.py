@@ -10,7 +10,10 @@ Passes: ``forward`` (eq. F), ``input_grad`` (eq. BX / BX') and ``weight_grad``
 - ``winograd``: F(m x m, r x r) for 2-d 3x3 and 5x5 stride-1 layers (any dilation, any
   groups; m from :func:`winograd_tile`), all three passes: the input gradient as a
   Winograd full convolution, the weight gradient in the Winograd domain;
-- ``depthwise``: direct per-tap passes for groups == C_in.
+- ``depthwise``: direct per-tap passes for groups == C_in;
+- ``direct_compiled``: the seed's sums compiled (Numba) on the flat range, for stride-1
+  layers with few channels (LeNet-5's), where im2col's skinny GEMMs and columns cost more
+  than the arithmetic (:mod:`foldconv.functional.direct_compiled`).
 
 On the GPU (CuPy arrays, :func:`foldconv.backend.gpu_path`) every pass goes to
 :mod:`foldconv.cuda.conv` instead: numba-cuda im2col / col2im-gather kernels with
@@ -33,7 +36,14 @@ from typing import Any
 import numpy as np
 
 from foldconv.backend import get_array_module, gpu_path
-from foldconv.functional import depthwise, depthwise_compiled, im2col, winograd
+from foldconv.functional import (
+    compiled,
+    depthwise,
+    depthwise_compiled,
+    direct_compiled,
+    im2col,
+    winograd,
+)
 from foldconv.functional._args import ConvGeometry
 from foldconv.functional.direct import (
     conv_forward_direct,
@@ -177,6 +187,14 @@ def _winograd_input_grad(dy, w, g):
     return full_conv_input_grad(dy, w, g, forward=_winograd_forward)
 
 
+def _direct_compiled_fits(g: ConvGeometry, dtype: Any) -> bool:
+    return (
+        np.dtype(dtype) in (np.float32, np.float64)
+        and direct_compiled.supports(g, np.dtype(dtype).itemsize)
+        and compiled.get_compiled()
+    )
+
+
 # pass -> algorithm -> (supports(g, dtype), kernel)
 _KERNELS: dict[str, dict[str, tuple[Callable, Callable]]] = {
     "forward": {
@@ -184,6 +202,7 @@ _KERNELS: dict[str, dict[str, tuple[Callable, Callable]]] = {
         "im2col": (lambda g, dt: True, im2col.forward),
         "winograd": (_winograd_fits, _winograd_forward),
         "depthwise": (lambda g, dt: depthwise.supports(g), depthwise.forward),
+        "direct_compiled": (_direct_compiled_fits, direct_compiled.forward),
     },
     "input_grad": {
         "direct": (lambda g, dt: True, conv_input_grad_direct),
@@ -194,12 +213,14 @@ _KERNELS: dict[str, dict[str, tuple[Callable, Callable]]] = {
             _winograd_input_grad,
         ),
         "depthwise": (lambda g, dt: depthwise.supports(g), depthwise.input_grad),
+        "direct_compiled": (_direct_compiled_fits, direct_compiled.input_grad),
     },
     "weight_grad": {
         "direct": (lambda g, dt: True, conv_weight_grad_direct),
         "im2col": (lambda g, dt: True, im2col.weight_grad),
         "winograd": (_winograd_fits, _winograd_weight_grad),
         "depthwise": (lambda g, dt: depthwise.supports(g), depthwise.weight_grad),
+        "direct_compiled": (_direct_compiled_fits, direct_compiled.weight_grad),
     },
 }
 
@@ -229,6 +250,9 @@ def cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
     options = candidates(pass_, g, dtype)
     if "depthwise" in options:
         return "depthwise"
+    weights = g.out_channels // g.groups * g.in_channels // g.groups * g.kernel_size
+    if "direct_compiled" in options and weights <= direct_compiled.MAX_WEIGHTS_PER_GROUP:
+        return "direct_compiled"
     channels = min(g.in_channels, g.out_channels) // g.groups
     if "winograd" in options and g.kernel == (3, 3) and g.dilation == (1, 1) and channels >= 128:
         if pass_ in ("forward", "weight_grad") and min(g.out_shape) >= 8:
@@ -284,6 +308,8 @@ def _autotune(pass_: str, g: ConvGeometry, dtype: Any, xp: Any, args: tuple) -> 
     best, best_t = "im2col", float("inf")
     for name in candidates(pass_, g, dtype):
         fn = _KERNELS[pass_][name][1]
+        if name == "direct_compiled":
+            direct_compiled.warm(dtype)  # time the kernel, not Numba's compiler
         t0 = time.perf_counter()
         fn(*args, g)
         if xp.__name__ != "numpy":
@@ -313,6 +339,11 @@ def check_algorithm(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str) -> 
     name = algorithm if algorithm in table else _FALLBACK.get(algorithm, algorithm)
     if name not in table:
         raise ValueError(f"algorithm: {algorithm!r} has no kernel for the {pass_} pass")
+    if name == "direct_compiled" and not compiled.get_compiled():
+        raise ValueError(
+            "algorithm: 'direct_compiled' needs Numba (pip install numba) and the compiled "
+            "kernels switched on (foldconv.set_compiled(True)); use 'auto' or 'im2col'"
+        )
     if not table[name][0](g, dtype):
         raise ValueError(
             f"algorithm: {algorithm!r} does not support this convolution (kernel {g.kernel}, "

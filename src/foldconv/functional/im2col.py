@@ -51,6 +51,19 @@ def choose_layout(g: ConvGeometry, pass_: str = "forward", itemsize: int = 4) ->
         # channels at 14x14 11.2 against 13.8); the forward and the weight gradient keep
         # per-sample buffers, whose GEMMs are not widened by the phase grid (measured).
         return "flat"
+    return exact_layout(g)
+
+
+def exact_layout(g: ConvGeometry) -> str:
+    """The layout that reads only real output positions: 'sample' or 'batch'.
+
+    The flat range also holds positions that are not outputs, with δ set to zero there;
+    0 · inf is NaN, so where the input (weight gradient) or the weight (input gradient)
+    holds an infinity or a NaN, a flat-range result can be NaN where the true sum is
+    finite or infinite. Those passes are then run again in this layout.
+    """
+    if _is_pointwise(g):
+        return "sample"
     per_sample = (
         (g.out_channels // g.groups)
         * (g.in_channels // g.groups)
@@ -172,7 +185,10 @@ def weight_grad(dy: Any, x_pad: Any, g: ConvGeometry, layout: str | None = None)
     xp = get_array_module(x_pad)
     layout = layout or choose_layout(g, "weight_grad", x_pad.dtype.itemsize)
     if layout == "flat":
-        return flat.weight_grad(dy, x_pad, g)
+        dw = flat.weight_grad(dy, x_pad, g)
+        if xp.isfinite(dw).all():
+            return dw
+        layout = exact_layout(g)  # non-finite input: see exact_layout
     G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
     dw = xp.zeros((G, cog, cig * g.kernel_size), dtype=x_pad.dtype)
     tmp = xp.empty_like(dw[0])
@@ -201,6 +217,8 @@ def input_grad(dy: Any, w: Any, g: ConvGeometry, layout: str | None = None) -> A
     """
     xp = get_array_module(dy)
     layout = layout or choose_layout(g, "input_grad", dy.dtype.itemsize)
+    if layout == "flat" and not xp.isfinite(w).all():
+        layout = exact_layout(g)  # see exact_layout
     if layout == "flat":
         return flat.input_grad(dy, w, g)
     G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups

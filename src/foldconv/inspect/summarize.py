@@ -446,7 +446,13 @@ def summary(
 # ----------------------------------------------------------------------------------------
 # the table
 # ----------------------------------------------------------------------------------------
-_SHORT = {"im2col": "im2col", "winograd": "wino", "depthwise": "dw", "full_conv": "full"}
+_SHORT = {
+    "im2col": "im2col",
+    "winograd": "wino",
+    "depthwise": "dw",
+    "full_conv": "full",
+    "direct_compiled": "dc",
+}
 
 
 def _mb(nbytes: int) -> str:

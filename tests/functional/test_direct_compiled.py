@@ -1,0 +1,226 @@
+"""The compiled direct kernels (algorithm='direct_compiled') against the seed's direct
+sums, PyTorch, finite differences and the im2col path; their independence of the thread
+count; and the cost model's use of them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import foldconv
+from foldconv.functional import (
+    _args,
+    conv,
+    conv_backward,
+    conv_transpose,
+    conv_transpose_backward,
+    direct_compiled,
+    dispatch,
+    threads,
+)
+from tests.functional.conv_cases import torch_pad_list
+from tests.gradcheck import directional_check, rel_err
+
+pytest.importorskip("numba")
+
+CASES = [  # n, c_in, c_out, size, kernel, dilation, padding, groups
+    (3, 1, 6, (12, 12), (5, 5), (1, 1), 2, 1),  # LeNet's conv1, smaller
+    (4, 6, 16, (9, 9), (5, 5), (1, 1), 0, 1),  # LeNet's conv2, smaller
+    (2, 4, 6, (7, 6), (3, 3), (2, 1), ((2, 1), (1, 1)), 2),  # groups, dilation, asymmetric
+    (3, 3, 5, (8, 7), (3, 3), (1, 1), 1, 1),  # odd C_out: a last channel without a pair
+    (2, 6, 3, (6, 6), (3, 3), (1, 1), 1, 3),  # one output channel per group
+    (2, 3, 4, (5, 9), (2, 4), (1, 2), ((0, 3), (2, 0)), 1),  # taps a multiple of 4
+    (5, 2, 3, (7, 5), (1, 1), (1, 1), 0, 1),  # 1x1
+    (2, 3, 4, (17,), (5,), (2,), 3, 1),  # 1-d
+    (2, 2, 3, (5, 4, 6), (2, 3, 2), (1, 1, 2), 1, 1),  # 3-d
+    (2, 2, 2, (3, 3), (3, 3), (1, 1), 4, 1),  # padding wider than the kernel
+    (1, 1, 1, (1, 1), (1, 1), (1, 1), 0, 1),  # one pixel
+]
+
+
+def _data(rng, case, dtype=np.float64):
+    n, c, o, size, kernel, dilation, padding, groups = case
+    x = rng.standard_normal((n, c) + size).astype(dtype)
+    w = rng.standard_normal((o, c // groups) + kernel).astype(dtype)
+    opts = dict(padding=padding, dilation=dilation, groups=groups)
+    return x, w, opts
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_direct_sums_and_im2col(case):
+    rng = np.random.default_rng(len(case[3]) * 13 + case[1])
+    x, w, opts = _data(rng, case)
+    y = conv(x, w, **opts, algorithm="direct_compiled")
+    assert rel_err(y, conv(x, w, **opts, algorithm="direct")) <= 1e-12
+    assert rel_err(y, conv(x, w, **opts, algorithm="im2col")) <= 1e-12
+    dy = rng.standard_normal(y.shape)
+    got = conv_backward(dy, x, w, **opts, algorithm="direct_compiled")
+    ref = conv_backward(dy, x, w, **opts, algorithm="direct")
+    for a, b in zip(got, ref, strict=True):
+        assert rel_err(a, b) <= 1e-12
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+@pytest.mark.parametrize("case", CASES)
+def test_matches_torch(case, dtype, tol):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    x, w, opts = _data(rng, case, dtype)
+    nd = x.ndim - 2
+    pads = _args.parse_padding(opts["padding"], nd)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    xin = torch.nn.functional.pad(xt, torch_pad_list(pads))  # torch: no asymmetric padding
+    conv_t = [None, torch.nn.functional.conv1d, torch.nn.functional.conv2d][nd : nd + 1]
+    conv_t = conv_t[0] if conv_t else torch.nn.functional.conv3d
+    yt = conv_t(xin, wt, dilation=opts["dilation"], groups=opts["groups"])
+    dy = rng.standard_normal(tuple(yt.shape)).astype(dtype)
+    yt.backward(torch.tensor(dy))
+    y = conv(x, w, **opts, algorithm="direct_compiled")
+    dx, dw, _ = conv_backward(dy, x, w, **opts, algorithm="direct_compiled")
+    assert y.dtype == dx.dtype == dw.dtype == dtype
+    assert rel_err(y, yt.detach().numpy()) <= tol
+    assert rel_err(dx, xt.grad.numpy()) <= tol
+    assert rel_err(dw, wt.grad.numpy()) <= tol
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[7], CASES[8]])
+def test_gradients_pass_finite_differences(case):
+    rng = np.random.default_rng(3)
+    x, w, opts = _data(rng, case)
+    y = conv(x, w, **opts, algorithm="direct_compiled")
+    r = rng.standard_normal(y.shape)
+
+    def loss_x(xv):
+        return float(np.sum(conv(xv, w, **opts, algorithm="direct") * r))
+
+    def loss_w(wv):
+        return float(np.sum(conv(x, wv, **opts, algorithm="direct") * r))
+
+    dx, dw, _ = conv_backward(r, x, w, **opts, algorithm="direct_compiled")
+    assert directional_check(loss_x, x, dx, rng) < 1e-7
+    assert directional_check(loss_w, w, dw, rng) < 1e-7
+
+
+def test_results_do_not_depend_on_the_thread_count_or_the_run():
+    # 21 samples: three blocks, the last one partial.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((21, 6, 14, 14)).astype(np.float32)
+    w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
+    dy = rng.standard_normal((21, 16, 10, 10)).astype(np.float32)
+    before = foldconv.get_num_threads()
+    adaptive = threads.set_adaptive(False)
+    try:
+        runs = []
+        for n in (1, 2, 3, 1):
+            foldconv.set_num_threads(n)
+            assert threads.active_threads() == n
+            y = conv(x, w, algorithm="direct_compiled")
+            runs.append((y,) + conv_backward(dy, x, w, algorithm="direct_compiled")[:2])
+    finally:
+        foldconv.set_num_threads(before)
+        threads.set_adaptive(adaptive)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert np.array_equal(a, b)
+
+
+def test_non_contiguous_and_special_values():
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((4, 3, 9, 8))
+    x = base.transpose(0, 1, 3, 2)  # a view with swapped strides
+    w = rng.standard_normal((4, 3, 3, 3))
+    y = conv(x, w, padding=1, algorithm="direct_compiled")
+    assert rel_err(y, conv(np.ascontiguousarray(x), w, padding=1, algorithm="direct")) <= 1e-12
+    # NaN and inf reach exactly the outputs (and weight gradients) that read them.
+    x2 = np.ascontiguousarray(x)
+    x2[1, 2, 4, 4] = np.nan
+    x2[2, 0, 0, 0] = np.inf
+    y2 = conv(x2, w, padding=1, algorithm="direct_compiled")
+    ref = conv(x2, w, padding=1, algorithm="direct")
+    assert np.array_equal(np.isnan(y2), np.isnan(ref))
+    assert np.array_equal(np.isinf(y2), np.isinf(ref))
+    dy = rng.standard_normal(y2.shape)
+    dw = conv_backward(dy, x2, w, padding=1, algorithm="direct_compiled")[1]
+    dw_ref = conv_backward(dy, x2, w, padding=1, algorithm="direct")[1]
+    assert np.array_equal(np.isnan(dw), np.isnan(dw_ref))
+
+
+def test_transposed_convolution_with_stride_one():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 4, 6, 5))
+    w = rng.standard_normal((4, 3, 3, 3))  # (C_in, C_out/G, *K) for a transposed conv
+    ref = conv_transpose(x, w, padding=1, algorithm="direct")
+    y = conv_transpose(x, w, padding=1, algorithm="direct_compiled")
+    assert rel_err(y, ref) <= 1e-12
+    dy = rng.standard_normal(y.shape)
+    got = conv_transpose_backward(dy, x, w, padding=1, algorithm="direct_compiled")
+    want = conv_transpose_backward(dy, x, w, padding=1, algorithm="direct")
+    for a, b in zip(got, want, strict=True):
+        assert rel_err(a, b) <= 1e-12
+
+
+def test_empty_batch():
+    w = np.ones((6, 1, 5, 5), dtype=np.float32)
+    x = np.zeros((0, 1, 28, 28), dtype=np.float32)
+    y = conv(x, w, padding=2, algorithm="direct_compiled")
+    assert y.shape == (0, 6, 28, 28)
+    dx, dw, db = conv_backward(y, x, w, padding=2, algorithm="direct_compiled")
+    assert dx.shape == x.shape and np.array_equal(dw, np.zeros_like(w))
+
+
+def test_auto_uses_it_for_small_layers_only():
+    f32 = np.dtype(np.float32)
+
+    def geometry(n, c, o, size, k, s=1, p=0, groups=1):
+        return _args.conv_geometry((n, c) + size, (o, c // groups, k, k), s, p, 1, groups, "zeros")
+
+    lenet_c1 = geometry(128, 1, 6, (28, 28), 5, 1, 2)
+    lenet_c2 = geometry(128, 6, 16, (14, 14), 5)
+    for pass_ in dispatch.PASSES:
+        assert dispatch.cost_model(pass_, lenet_c1, f32) == "direct_compiled"
+        assert dispatch.cost_model(pass_, lenet_c2, f32) == "direct_compiled"
+        # Strided, or too many weights per group: not this algorithm.
+        assert dispatch.cost_model(pass_, geometry(8, 6, 16, (14, 14), 5, 2), f32) == "im2col"
+        big = geometry(8, 64, 64, (16, 16), 3, 1, 1)
+        assert 64 * 64 * 9 > direct_compiled.MAX_WEIGHTS_PER_GROUP
+        assert dispatch.cost_model(pass_, big, f32) == "im2col"
+    previous = foldconv.set_compiled(False)
+    try:
+        assert dispatch.cost_model("forward", lenet_c2, f32) == "im2col"
+        x = np.ones((1, 6, 14, 14), dtype=np.float32)
+        w = np.ones((16, 6, 5, 5), dtype=np.float32)
+        with pytest.raises(ValueError, match="direct_compiled.*Numba"):
+            conv(x, w, algorithm="direct_compiled")
+    finally:
+        foldconv.set_compiled(previous)
+
+
+def test_rejects_a_strided_layer_by_name():
+    x = np.ones((1, 2, 9, 9))
+    w = np.ones((3, 2, 3, 3))
+    with pytest.raises(ValueError, match="'direct_compiled' does not support"):
+        conv(x, w, stride=2, algorithm="direct_compiled")
+
+
+@pytest.mark.parametrize("algorithm", ["direct_compiled", "im2col"])
+def test_infinities_give_the_gradients_of_the_true_sums(algorithm):
+    # The flat range's positions that are not outputs carry δ = 0; an inf there must not
+    # turn into 0 · inf = NaN (the weight gradient where the input has one, the input
+    # gradient where the weight has one). PyTorch's results are the reference.
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 2, 8, 9))
+    w = rng.standard_normal((3, 2, 3, 3))
+    x[1, 0, 0, 0] = np.inf  # read by the flat range's extra positions at other taps
+    w[0, 1, 2, 2] = -np.inf
+    dy = rng.standard_normal((3, 3, 8, 9))
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    torch.nn.functional.conv2d(xt, wt, padding=1).backward(torch.tensor(dy))
+    dx, dw, _ = conv_backward(dy, x, w, padding=1, algorithm=algorithm)
+    for got, want in ((dx, xt.grad.numpy()), (dw, wt.grad.numpy())):
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.array_equal(np.isposinf(got), np.isposinf(want))
+        finite = np.isfinite(want)
+        assert rel_err(got[finite], want[finite]) <= 1e-12
