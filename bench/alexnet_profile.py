@@ -48,8 +48,11 @@ def _macs(layer: Any, out_shape: tuple[int, ...]) -> int:
 
 def profile(steps: int, net: str = "alexnet") -> tuple[dict[str, float], dict[str, int], list[str]]:
     from foldconv import nn, optim
+    from foldconv.allocator import keep_freed_memory_from_env
     from foldconv.models import alexnet_paper, lenet5
     from foldconv.trainer.loop import skip_input_grad
+
+    keep_freed_memory_from_env()  # as the trainer does (FOLDCONV_KEEP_FREED_MEMORY=0: off)
 
     rng = np.random.default_rng(0)
     if net == "lenet":

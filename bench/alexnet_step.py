@@ -45,8 +45,11 @@ def worker_ours(batch: int, repeats: int, full: bool = False) -> dict:
     import contextlib
 
     from foldconv import nn, optim
+    from foldconv.allocator import keep_freed_memory_from_env
     from foldconv.models import alexnet_paper
     from foldconv.trainer.loop import skip_input_grad
+
+    keep_freed_memory_from_env()  # as the trainer does (FOLDCONV_KEEP_FREED_MEMORY=0: off)
 
     rng = np.random.default_rng(0)
     model = alexnet_paper(1000, rng=rng)

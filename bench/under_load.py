@@ -69,8 +69,11 @@ def worker_ours(net: str, steps: int, limit: float, full: bool = False) -> dict:
 
     import foldconv
     from foldconv import nn, optim
+    from foldconv.allocator import keep_freed_memory_from_env
     from foldconv.models import alexnet_paper, lenet5
     from foldconv.trainer.loop import skip_input_grad
+
+    keep_freed_memory_from_env()  # as the trainer does (FOLDCONV_KEEP_FREED_MEMORY=0: off)
 
     model = lenet5(10, rng=0) if net == "lenet" else alexnet_paper(1000, rng=0)
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

@@ -29,6 +29,10 @@ def __getattr__(name: str):
         from foldconv import trainer
 
         return getattr(trainer, name)
+    if name in ("keep_freed_memory", "keeps_freed_memory"):
+        from foldconv import allocator
+
+        return getattr(allocator, name)
     if name in ("summary", "gradcheck"):
         from foldconv import inspect
 
@@ -54,6 +58,8 @@ __all__ = [
     "get_tf32",
     "get_workspace_limit",
     "gradcheck",
+    "keep_freed_memory",
+    "keeps_freed_memory",
     "predict",
     "set_benchmark",
     "set_compiled",

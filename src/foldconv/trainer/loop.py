@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from foldconv.allocator import keep_freed_memory_from_env
 from foldconv.backend import get_array_module, to_device
 from foldconv.nn.module import Module
 from foldconv.trainer.checkpoints import (
@@ -275,6 +276,10 @@ def train(
         raise ValueError(
             "sync_batchnorm: only applies with distributed=True, got sync_batchnorm=True"
         )
+    # Every step allocates the same arrays again: keep freed memory in the process rather
+    # than fault it in page by page each step (foldconv/allocator.py; off with
+    # FOLDCONV_KEEP_FREED_MEMORY=0).
+    keep_freed_memory_from_env()
 
     def build(dist: Any = None) -> _Run:
         return _Run(
