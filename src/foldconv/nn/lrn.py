@@ -45,6 +45,9 @@ class LocalResponseNorm(Module):
 
     def forward(self, x: Any) -> Any:
         """x: (N, C, *S) -> y: (N, C, *S), same dtype; keeps x, s and s^(-beta)."""
+        # Let go of the last call's s and s^(-beta) first, so that the new ones can take
+        # their memory rather than fresh pages.
+        self._x = self._cache = None
         y, self._cache = F.local_response_norm(
             x, self.size, self.alpha, self.beta, self.k, return_cache=True
         )
