@@ -13,9 +13,10 @@ sum starts at the element's own channel, then adds the channels below it in asce
 order, then those above (:func:`foldconv.functional.lrn._window_sum`); every product and
 sum is rounded in the array's dtype, with no fused multiply-adds (no fast-math). So the
 results are the NumPy path's to the last bit for beta = 0.75, where both compute
-s^(-0.75) as 1 / (sqrt(s) · sqrt(sqrt(s))) from correctly rounded square roots. For other
-betas both call a libm-quality ``pow``, NumPy's and Numba's (LLVM's), which may differ in
-the last bit (measured: at most 1 ulp of s^(-beta) apart); the tests bound that.
+s^(-0.75) as 1 / (sqrt(s) · sqrt(sqrt(s))) from correctly rounded square roots (unless s
+can be -inf: :func:`foldconv.functional.lrn._sqrt_form`). Otherwise both call a
+libm-quality ``pow``, NumPy's and Numba's (LLVM's), which may differ in the last bit
+(measured: at most 1 ulp of s^(-beta) apart); the tests bound that.
 
 Each element's value depends only on its own (sample, position) column, so the tiling
 and the number of threads cannot change a result. Samples are spread over foldconv's
@@ -34,8 +35,8 @@ from foldconv.functional import compiled
 from foldconv.functional.threads import active_threads, parallel_map
 
 # Positions per tile: long enough that the per-row setup (a few array views) is paid
-# rarely (tiles of 160 positions cost 17 ms against 8 for whole 3025-position rows on the
-# first AlexNet LRN, measured), short enough that the forward's window rows and the
+# rarely (tiles of 64 positions cost 17 ms against 8 for whole 3025-position rows in the
+# first AlexNet LRN's forward, measured), short enough that the forward's window rows and the
 # backward's ring of rows stay in L2.
 _TILE = 4096
 
