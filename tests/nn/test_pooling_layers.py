@@ -102,6 +102,21 @@ def test_lrn_layer_matches_torch(torch, size, alpha, beta, k):
     _compare(torch, ours, torch.nn.LocalResponseNorm(size, alpha, beta, k), x, rng)
 
 
+def test_lrn_layer_lets_go_of_its_cache_and_a_second_backward_recomputes_it():
+    """The layer drops s and s^(-beta) once its backward has used them (and the last
+    call's before a new forward), so that their memory is reused; a second backward
+    recomputes them and gives the same gradient."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 7, 4, 3)).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    layer = nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)
+    layer(x)
+    assert layer._cache is not None
+    first = layer.backward(g)
+    assert layer._cache is None
+    np.testing.assert_array_equal(layer.backward(g), first)
+
+
 def test_alexnet_paper_block_matches_torch(torch):
     """ReLU output -> LRN -> overlapping MaxPool2d(3, 2), as in AlexNet's first block."""
     rng = np.random.default_rng(2)

@@ -1,17 +1,23 @@
 """Local response normalisation across channels (AlexNet, section 3.3), PyTorch's semantics.
 
+On the CPU, with Numba installed, float32 and float64 arrays take compiled kernels that
+do each pass in one sweep per sample in cache (:mod:`foldconv.functional.lrn_compiled`);
+the NumPy path below is their twin, with the same operations in the same order.
+
 On the GPU (CuPy arrays) the forward and the backward are one numba-cuda kernel launch
 each (:mod:`foldconv.cuda.lrn`), a thread per element summing over its channel window.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
 import numpy as np
 
 from foldconv.backend import get_array_module, gpu_path
+from foldconv.functional import compiled, lrn_compiled
 from foldconv.functional._args import as_float_array, compute_dtype
 
 __all__ = ["local_response_norm", "local_response_norm_backward"]
@@ -57,15 +63,44 @@ def _window_sum(a: Any, before: int, after: int) -> Any:
     return w
 
 
+def _sqrt_form(alpha: float, beta: float, k: float) -> bool:
+    """Whether s^(-beta) is computed as 1 / (sqrt(s) · sqrt(sqrt(s))) (:func:`_neg_power`).
+
+    For beta = 0.75, unless s can be -inf (only where alpha < 0 or k = -inf: the window
+    sum of squares is >= 0, +inf or NaN), where ``power`` gives 0 and the square root NaN.
+    """
+    return beta == 0.75 and alpha >= 0 and k > -math.inf
+
+
+def _neg_power(s: Any, beta: float, sqrt_form: bool) -> Any:
+    """s^(-beta), a new array.
+
+    With ``sqrt_form`` (:func:`_sqrt_form`: beta = 0.75, PyTorch's default and AlexNet's)
+    as 1 / (sqrt(s) · sqrt(sqrt(s))): square roots and a division are correctly rounded
+    and vectorise, where ``power`` costs ~1.5 ns an element (6.7 of the first AlexNet
+    LRN's 15.9 ms forward). Four correctly rounded operations, the first counting 1.5
+    times: a relative error of at most 2.25 eps (measured against s^(-0.75) in 50-digit
+    arithmetic over s in [0.5, 50.5): 1.6 eps in float32, 1.9 in float64; ``power``: 0.85
+    and 1.0). Special values come out as ``power``'s: s = 0 gives inf, s = inf gives 0,
+    s < 0 and NaN give NaN (s = -inf is left to ``power``); s^0.75 cannot overflow where
+    s is finite.
+    """
+    xp = get_array_module(s)
+    dt = s.dtype.type
+    if sqrt_form:
+        r = xp.sqrt(s)
+        r *= xp.sqrt(r)
+        return xp.divide(dt(1.0), r, out=r)
+    return xp.power(s, dt(-beta))
+
+
 def _scale(xc: Any, n: int, alpha: float, beta: float, k: float) -> tuple[Any, Any]:
     """s = k + (alpha / n) * window sum of x^2, and s^(-beta)."""
-    xp = get_array_module(xc)
     dt = xc.dtype.type
     s = _window_sum(xc * xc, n // 2, (n - 1) // 2)
     s *= dt(alpha / n)
     s += dt(k)
-    p = xp.power(s, dt(-beta))
-    return s, p
+    return s, _neg_power(s, beta, _sqrt_form(alpha, beta, k))
 
 
 def local_response_norm(
@@ -116,6 +151,13 @@ def local_response_norm(
         )
         y = y.astype(x.dtype, copy=False)
         return (y, cache) if return_cache else y
+    if compiled.takes(xc):  # one sweep per sample in cache
+        a, b, kk = float(alpha), float(beta), float(k)
+        y, s, p = lrn_compiled.forward(
+            xc, n, a, b, kk, _sqrt_form(a, b, kk), True, bool(return_cache)
+        )
+        y = y.astype(x.dtype, copy=False)
+        return (y, (s, p)) if return_cache else y
     s, p = _scale(xc, n, float(alpha), float(beta), float(k))
     y = (xc * p).astype(x.dtype, copy=False)
     if return_cache:
@@ -185,9 +227,15 @@ def local_response_norm_backward(
         dy = grad_output.astype(cdt, copy=False)
         dx = gpu.local_response_norm_backward(dy, xc, n, float(alpha), float(beta), float(k), cache)
         return dx.astype(grad_output.dtype, copy=False)
+    dy = grad_output.astype(cdt, copy=False)
+    if compiled.takes(dy, xc) and (cache is None or compiled.takes(xc, s, p)):
+        if cache is None:
+            a, b, kk = float(alpha), float(beta), float(k)
+            _, s, p = lrn_compiled.forward(xc, n, a, b, kk, _sqrt_form(a, b, kk), False, True)
+        dx = lrn_compiled.backward(dy, xc, s, p, n, float(alpha), float(beta))
+        return dx.astype(grad_output.dtype, copy=False)
     if cache is None:
         s, p = _scale(xc, n, float(alpha), float(beta), float(k))
-    dy = grad_output.astype(cdt, copy=False)
     t = dy * xc
     t *= p
     t /= s

@@ -45,6 +45,9 @@ class LocalResponseNorm(Module):
 
     def forward(self, x: Any) -> Any:
         """x: (N, C, *S) -> y: (N, C, *S), same dtype; keeps x, s and s^(-beta)."""
+        # Let go of the last call's s and s^(-beta) first, so that the new ones can take
+        # their memory rather than fresh pages.
+        self._x = self._cache = None
         y, self._cache = F.local_response_norm(
             x, self.size, self.alpha, self.beta, self.k, return_cache=True
         )
@@ -55,8 +58,11 @@ class LocalResponseNorm(Module):
         """dx_i = dy_i s_i^{-β} − (2αβ/n) x_i Σ_{c: i∈win(c)} dy_c x_c s_c^{-β-1}."""
         if self._x is None:
             raise RuntimeError("LocalResponseNorm: backward() called before forward()")
+        # The cache is let go of once used (a second backward recomputes it), so that the
+        # arrays the rest of the backward allocates can take its memory.
+        cache, self._cache = self._cache, None
         return F.local_response_norm_backward(
-            grad_output, self._x, self.size, self.alpha, self.beta, self.k, cache=self._cache
+            grad_output, self._x, self.size, self.alpha, self.beta, self.k, cache=cache
         )
 
     def extra_repr(self) -> str:
