@@ -3,8 +3,9 @@
 Compiled kernels exist where NumPy's per-call passes cost more than the arithmetic:
 depthwise convolutions (functional/depthwise_compiled.py), col2im on the flat grid
 (functional/flat_compiled.py), LRN (functional/lrn_compiled.py), and the direct sums of
-small stride-1 convolutions (functional/direct_compiled.py, algorithm 'direct_compiled'). Each has a NumPy twin that runs when Numba is absent or the
-switch is off (for 'direct_compiled', im2col), and the tests run both.
+small stride-1 convolutions (functional/direct_compiled.py, algorithm 'direct_compiled').
+Each has a NumPy twin that runs when Numba is absent or the switch is off (for
+'direct_compiled', im2col), and the tests run both.
 """
 
 from __future__ import annotations
