@@ -29,6 +29,7 @@ CASES = [  # n, c_in, c_out, size, kernel, dilation, padding, groups
     (2, 4, 6, (7, 6), (3, 3), (2, 1), ((2, 1), (1, 1)), 2),  # groups, dilation, asymmetric
     (3, 3, 5, (8, 7), (3, 3), (1, 1), 1, 1),  # odd C_out: a last channel without a pair
     (2, 6, 3, (6, 6), (3, 3), (1, 1), 1, 3),  # one output channel per group
+    (2, 4, 10, (6, 7), (3, 3), (1, 1), 1, 2),  # 5 per group: four together, then one
     (2, 3, 4, (5, 9), (2, 4), (1, 2), ((0, 3), (2, 0)), 1),  # taps a multiple of 4
     (5, 2, 3, (7, 5), (1, 1), (1, 1), 0, 1),  # 1x1
     (2, 3, 4, (17,), (5,), (2,), 3, 1),  # 1-d

@@ -10,10 +10,13 @@ for tap t, so for one sample
     eq. F:  Y_ext[c_o, l] = Σ_{c_i, t} W[c_o, c_i, t] · X_flat[c_i, l + off(t)]
 
 is, per (c_o, c_i, t), one contiguous multiply-add over l: a loop the compiler vectorises.
-Four taps go in one pass over the output row (a quarter of the loads and stores), and two
-output channels share each input load. The sum runs over (c_i, t) in order, adding one
-product at a time with no fused multiply-add, so every element has one fixed order of
-operations: results do not depend on the thread count or on how samples are split.
+Four taps go in one pass over the output row (a quarter of the loads and stores), and four
+output channels (or two, or one, at the end of a group) share each input load: LeNet's
+conv2 forward 1.76 -> 1.46-1.52 ms with four rather than two (one thread).
+
+The sum runs over (c_i, t) in order, adding one product at a time with no fused
+multiply-add, so every element has one fixed order of operations: results do not depend
+on the thread count or on how samples are split.
 
     eq. BX: dX_flat[c_i, p] = Σ_{c_o, t} W[c_o, c_i, t] · δ_ext[c_o, p - off(t)]
 
@@ -122,6 +125,9 @@ def _plan(g: ConvGeometry) -> _Plan:
     return _Plan(g)
 
 
+QUAD = False
+
+
 @functools.cache
 def _kernels() -> dict[str, Any]:
     jit = compiled.njit(nogil=True, boundscheck=False)
@@ -134,11 +140,73 @@ def _kernels() -> dict[str, Any]:
     # the loop from vectorising (a saxpy of 892 elements: 4.7 against 36 GFLOP/s).
 
     @jit
+    def quad(src, w, offs, cig, row, out, c_o, base):  # pragma: no cover - compiled
+        # correlate's sums for four output channels of one group: each input load feeds
+        # 16 multiply-adds (4 taps x 4 channels), each output load and store 4.
+        taps = offs.size
+        o0, o1, o2, o3 = out[c_o, :row], out[c_o + 1, :row], out[c_o + 2, :row], out[c_o + 3, :row]
+        for i in range(row):
+            o0[i] = 0
+            o1[i] = 0
+            o2[i] = 0
+            o3[i] = 0
+        for c in range(cig):
+            xr = src[base + c]
+            t = 0
+            while t + 4 <= taps:
+                x0, x1, x2, x3 = (
+                    xr[offs[t] :],
+                    xr[offs[t + 1] :],
+                    xr[offs[t + 2] :],
+                    xr[offs[t + 3] :],
+                )
+                a0, a1, a2, a3 = w[c_o, c, t], w[c_o, c, t + 1], w[c_o, c, t + 2], w[c_o, c, t + 3]
+                b0, b1, b2, b3 = (
+                    w[c_o + 1, c, t],
+                    w[c_o + 1, c, t + 1],
+                    w[c_o + 1, c, t + 2],
+                    w[c_o + 1, c, t + 3],
+                )
+                d0, d1, d2, d3 = (
+                    w[c_o + 2, c, t],
+                    w[c_o + 2, c, t + 1],
+                    w[c_o + 2, c, t + 2],
+                    w[c_o + 2, c, t + 3],
+                )
+                e0, e1, e2, e3 = (
+                    w[c_o + 3, c, t],
+                    w[c_o + 3, c, t + 1],
+                    w[c_o + 3, c, t + 2],
+                    w[c_o + 3, c, t + 3],
+                )
+                for i in range(row):
+                    p, q, r, s = x0[i], x1[i], x2[i], x3[i]
+                    o0[i] = o0[i] + a0 * p + a1 * q + a2 * r + a3 * s
+                    o1[i] = o1[i] + b0 * p + b1 * q + b2 * r + b3 * s
+                    o2[i] = o2[i] + d0 * p + d1 * q + d2 * r + d3 * s
+                    o3[i] = o3[i] + e0 * p + e1 * q + e2 * r + e3 * s
+                t += 4
+            while t < taps:
+                xs = xr[offs[t] :]
+                a0, b0, d0, e0 = w[c_o, c, t], w[c_o + 1, c, t], w[c_o + 2, c, t], w[c_o + 3, c, t]
+                for i in range(row):
+                    p = xs[i]
+                    o0[i] = o0[i] + a0 * p
+                    o1[i] = o1[i] + b0 * p
+                    o2[i] = o2[i] + d0 * p
+                    o3[i] = o3[i] + e0 * p
+                t += 1
+
+    @jit
     def correlate(src, w, offs, cog, cig, row, out):  # pragma: no cover - compiled
         # out[c_o, :row] = Σ_{c, t} w[c_o, c, t] · src[g(c_o)·cig + c, offs[t] : + row]
         n_out, taps = w.shape[0], offs.size
         c_o = 0
         while c_o < n_out:
+            if c_o + 3 < n_out and (c_o + 3) // cog == c_o // cog:
+                quad(src, w, offs, cig, row, out, c_o, (c_o // cog) * cig)
+                c_o += 4
+                continue
             pair = c_o + 1 < n_out and (c_o + 1) // cog == c_o // cog
             o = out[c_o, :row]
             p = out[c_o + 1, :row] if pair else out[c_o, :row]
