@@ -119,3 +119,19 @@ def test_the_trainers_device_feed_is_a_no_op_on_the_cpu():
 
     x = np.zeros((2, 1, 4, 4), np.float32)
     assert _DeviceFeeder("cpu")(x, "x") is x
+
+
+def test_an_unusable_device_is_one_error_everywhere(monkeypatch):
+    # Module.to and the trainer raise the same error, catchable as either kind.
+    from foldconv import backend
+    from foldconv.models import lenet5
+    from foldconv.trainer.config import _check_device
+
+    monkeypatch.setattr(backend, "_cupy", lambda: None)
+    errors = []
+    for call in (lambda: lenet5(10, rng=0).to("cuda"), lambda: _check_device("cuda")):
+        with pytest.raises(backend.DeviceUnavailableError) as info:
+            call()
+        assert isinstance(info.value, RuntimeError) and isinstance(info.value, ValueError)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1] and errors[0].startswith("device: 'cuda' needs CuPy")

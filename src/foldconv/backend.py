@@ -60,6 +60,13 @@ def get_array_module(*arrays: Any) -> ModuleType:
     return np
 
 
+class DeviceUnavailableError(RuntimeError, ValueError):
+    """A device that cannot be used here: 'cuda' without CuPy, without a usable driver or
+    without a GPU. Both a RuntimeError (what ``Module.to`` and array moves raise, as
+    PyTorch's do) and a ValueError (what the trainer raises for a bad ``device``
+    argument), so that either ``except`` catches it wherever it comes from."""
+
+
 _INSTALL = (
     "install it with pip install 'foldconv[cuda12]' (CUDA 12) or 'foldconv[cuda13]' (CUDA 13)"
 )
@@ -71,9 +78,9 @@ def cuda_module(device: str = "cuda") -> ModuleType:
 
     Raises
     ------
-    RuntimeError
-        Naming ``device`` and how to install CuPy when it cannot be imported, or what CUDA
-        said when CuPy imports but no GPU can be used.
+    DeviceUnavailableError
+        (a RuntimeError and a ValueError) Naming ``device`` and how to install CuPy when it
+        cannot be imported, or what CUDA said when CuPy imports but no GPU can be used.
     ValueError
         For an index beyond the GPUs present.
     """
@@ -81,7 +88,7 @@ def cuda_module(device: str = "cuda") -> ModuleType:
     index = _device_index(device)
     cp = _cupy()
     if cp is None:
-        raise RuntimeError(
+        raise DeviceUnavailableError(
             f"device: {device!r} needs CuPy, which is not installed (or cannot be imported); "
             f"{_INSTALL}, or use device 'cpu'"
         )
@@ -89,12 +96,14 @@ def cuda_module(device: str = "cuda") -> ModuleType:
         try:
             count = int(cp.cuda.runtime.getDeviceCount())
         except Exception as err:  # no driver, no device: CUDARuntimeError
-            raise RuntimeError(
+            raise DeviceUnavailableError(
                 f"device: {device!r}: CuPy is installed but CUDA cannot be used ({err}); "
                 "check the NVIDIA driver, or use device 'cpu'"
             ) from err
         if count == 0:
-            raise RuntimeError(f"device: {device!r}: CuPy is installed but there is no CUDA GPU")
+            raise DeviceUnavailableError(
+                f"device: {device!r}: CuPy is installed but there is no CUDA GPU"
+            )
         _gpu_count = count
     if index is not None and index >= _gpu_count:
         raise ValueError(

@@ -133,10 +133,7 @@ def _check_device(device: Any) -> str:
     if device != "cpu":
         from foldconv.backend import cuda_module  # noqa: PLC0415
 
-        try:
-            cuda_module(device)
-        except RuntimeError as err:
-            raise ValueError(str(err)) from None
+        cuda_module(device)  # DeviceUnavailableError: a ValueError and a RuntimeError
     return device
 
 
