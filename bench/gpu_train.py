@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         shown = ", ".join(f"{k} {100 * v:.2f}%" for k, v in accs.items())
         stage.add(
-            "GPU run's checkpoint evaluated",
+            f"the --device {device} run's checkpoint evaluated",
             ours=shown,
             reference=f"run's best {100 * best:.2f}%",
             status="ok" if same else "FAILED",
