@@ -30,6 +30,8 @@ from foldconv.functional import compiled
 from foldconv.functional._args import ConvGeometry
 from foldconv.functional.threads import parallel_map
 
+_load: Any = None  # set by _kernels()
+
 
 def applies(g: ConvGeometry, *arrays: Any) -> bool:
     """These arrays and this geometry can take the compiled kernels."""
@@ -61,6 +63,11 @@ def _kernels() -> dict[str, Any]:
     # wraparound test per element, which stops LLVM vectorising (4x slower, measured).
     # Unit strides take their own branch and loop: one variable holding both kinds of
     # view would be typed as strided, and the contiguous loop would not vectorise.
+    # The kernels find ``load`` as a module global, not a closure variable: Numba's disk
+    # cache keys a closure by its variables, whose identity differs in every process, so
+    # each process would compile the kernels again.
+    globals()["_load"] = load
+
     @jit
     def forward(x, w, y, mult, sh, sw, dh, dw, pt, pl, hp, wp, c0, c1):  # pragma: no cover
         # y[n, co, oh, :]
@@ -73,7 +80,7 @@ def _kernels() -> dict[str, Any]:
             for co in range(c0, c1):
                 ci = co // mult
                 if ci != loaded:
-                    load(plane, x, n, ci, pt, pl)
+                    _load(plane, x, n, ci, pt, pl)
                     loaded = ci
                 for oh in range(oh_n):
                     row = y[n, co, oh]
@@ -150,7 +157,7 @@ def _kernels() -> dict[str, Any]:
             sums[:] = 0.0
             # All taps in one sweep over δ: each row of δ is read once, not prod(K) times.
             for n in range(n_batch):
-                load(plane, x, n, ci, pt, pl)
+                _load(plane, x, n, ci, pt, pl)
                 for oh in range(oh_n):
                     d = dy[n, co, oh]
                     for kh in range(kh_n):

@@ -61,6 +61,10 @@ _BLOCK = 8
 # Flat rows are padded to a multiple of this many elements (a 512-bit vector of float32
 # is 16; 32 covers two of them per loop iteration).
 _LANES = 32
+# The kernels' helpers, set by _kernels() (module globals, see there).
+_quad: Any = None
+_correlate: Any = None
+
 # Weights per group (C_out/G · C_in/G · prod(K)) up to which this algorithm is used by
 # 'auto' (see dispatch.cost_model and BENCHMARKS.md for the measurements).
 MAX_WEIGHTS_PER_GROUP = 4096
@@ -197,6 +201,11 @@ def _kernels() -> dict[str, Any]:
                     o3[i] = o3[i] + e0 * p
                 t += 1
 
+    # Helpers are found by the kernels as module globals, not closure variables: Numba's
+    # disk cache keys a closure by its variables, whose identity differs in every
+    # process, so each process would compile again (3.5-3.9 s before LeNet's first step).
+    globals()["_quad"] = quad
+
     @jit
     def correlate(src, w, offs, cog, cig, row, out):  # pragma: no cover - compiled
         # out[c_o, :row] = Σ_{c, t} w[c_o, c, t] · src[g(c_o)·cig + c, offs[t] : + row]
@@ -204,7 +213,7 @@ def _kernels() -> dict[str, Any]:
         c_o = 0
         while c_o < n_out:
             if c_o + 3 < n_out and (c_o + 3) // cog == c_o // cog:
-                quad(src, w, offs, cig, row, out, c_o, (c_o // cog) * cig)
+                _quad(src, w, offs, cig, row, out, c_o, (c_o // cog) * cig)
                 c_o += 4
                 continue
             pair = c_o + 1 < n_out and (c_o + 1) // cog == c_o // cog
@@ -257,6 +266,8 @@ def _kernels() -> dict[str, Any]:
                     t += 1
             c_o += 2 if pair else 1
 
+    globals()["_correlate"] = correlate
+
     @jit
     def forward(x, w, offs, outputs, cog, cig, row, in_row, y, n0, n1):  # pragma: no cover
         # y[n, c_o, k] = Y_ext[c_o, outputs[k]] (eq. F), samples n0 <= n < n1
@@ -268,7 +279,7 @@ def _kernels() -> dict[str, Any]:
                 s, d = x[n, c], src[c]
                 for i in range(size):
                     d[i] = s[i]
-            correlate(src, w, offs, cog, cig, row, ext)
+            _correlate(src, w, offs, cog, cig, row, ext)
             for c_o in range(w.shape[0]):
                 e, yo = ext[c_o], y[n, c_o]
                 for k in range(outputs.size):
@@ -288,7 +299,7 @@ def _kernels() -> dict[str, Any]:
                 d, s = dy[n, c_o], shifted[c_o, reach:]
                 for k in range(outputs.size):
                     s[outputs[k]] = d[k]
-            correlate(shifted, wt, offs_rev, cog_t, cig_t, row, acc)
+            _correlate(shifted, wt, offs_rev, cog_t, cig_t, row, acc)
             for c_i in range(wt.shape[0]):
                 a, o = acc[c_i], dx[n, c_i]
                 for i in range(size):
