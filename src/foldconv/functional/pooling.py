@@ -16,6 +16,11 @@ positions: tap ``t`` of every window at once is the strided view
 ``x_pad[..., t*d : t*d + (out-1)*s + 1 : s]``, so each step is one vectorised
 operation on an output-sized array.
 
+Max pooling on float32/float64 NumPy arrays runs compiled instead where Numba is
+installed (:mod:`foldconv.functional.pooling_compiled`: one sweep per (n, c) plane, on
+foldconv's thread pool), with the same results to the last bit;
+``foldconv.set_compiled(False)`` keeps it on the tap loops below.
+
 On the GPU (CuPy arrays) each function is instead one numba-cuda kernel launch
 (:mod:`foldconv.cuda.pooling`): a thread per output element for the forwards, and for
 the backwards a gather, a thread per input element summing over the windows that contain
@@ -24,6 +29,7 @@ it (deterministic, no atomics), with the same results (ties, NaN, divisors) as h
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -276,6 +282,7 @@ def _argmax_dtype(taps: int) -> np.dtype:
     return np.dtype(np.uint64)  # pragma: no cover - a kernel with > 4e9 taps
 
 
+@functools.lru_cache(maxsize=256)  # a training step asks for the same few geometries
 def _windows_disjoint(
     out_shape: tuple[int, ...],
     kernel: tuple[int, ...],
