@@ -305,8 +305,8 @@ def _as_3d(a: Any, planes: int, spatial: tuple[int, ...]) -> Any:
 
 
 def _blocks(planes: int, nbytes: int) -> list[tuple[int, int]]:
-    """Ranges of planes, two per thread in use: each kernel call costs ~8 us to dispatch
-    (8 blocks on one thread: LeNet's pool1 backward 0.59 against 0.50 ms, measured)."""
+    """Ranges of planes: one at one thread (each kernel call costs a few us to dispatch),
+    else two per thread in use, for the pool's workers to balance."""
     threads = active_threads()
     if nbytes < _PARALLEL_BYTES or planes < 2 or threads == 1:
         return [(0, planes)]
