@@ -3,10 +3,10 @@
 The NumPy path makes one pass per kernel tap over a block of the output, each pass a few
 NumPy calls (compare, multiply, maximum): ~16 calls for a 2x2 window and ~36 for a 3x3
 one, each over a strided view. Compiled, each (sample, channel) plane is pooled in one
-sweep while it sits in cache: for each output row, the taps that fall inside the input
-are applied in turn (the NumPy path's order), and the taps that fall in the ``-inf``
-padding are skipped, since no rule below lets a ``-inf`` change the result. So there is
-no padded copy of the input and no crop of the gradient.
+sweep while it sits in cache: each output scans its window in registers, taps in
+row-major order (the NumPy path's order), and the taps that fall in the ``-inf`` padding
+are skipped, since no rule below lets a ``-inf`` change the result. So there is no padded
+copy of the input and no crop of the gradient.
 
 Every result is the NumPy path's to the last bit, signed zeros and NaN included:
 
@@ -52,8 +52,8 @@ _inner_columns: Any = None
 _max_planes: Any = None
 _grad_planes: Any = None
 
-# Below this many input bytes a pool runs on the calling thread: handing blocks to the
-# pool's workers costs more than it saves.
+# Below this many input bytes a pool runs on the calling thread (a round figure, not
+# measured: a few blocks of a few microseconds each are not worth the pool's hand-over).
 _PARALLEL_BYTES = 256 * 1024
 
 
