@@ -29,8 +29,7 @@ def torch():
 
 @pytest.fixture(scope="module", params=[True, False], ids=["compiled", "numpy"])
 def path(request):
-    """Max pooling and average pooling's backward on the compiled kernels (where Numba is
-    installed) and on the NumPy path."""
+    """Max pooling on the compiled kernels (where Numba is installed) and on the NumPy path."""
     previous = foldconv.set_compiled(request.param)
     yield request.param
     foldconv.set_compiled(previous)
@@ -218,7 +217,7 @@ def avg_pool_cases(draw):
 
 
 @given(case=avg_pool_cases(), seed=st.integers(0, 2**31 - 1))
-def test_avg_pool2d_matches_torch(torch, path, case, seed):
+def test_avg_pool2d_matches_torch(torch, case, seed):
     shape, args = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape)
@@ -234,7 +233,7 @@ def test_avg_pool2d_matches_torch(torch, path, case, seed):
     assert rel_err(gx, xt.grad.numpy()) <= TOL
 
 
-def test_avg_pool2d_ceil_window_past_padding_divisor(torch, path):
+def test_avg_pool2d_ceil_window_past_padding_divisor(torch):
     """A ceil_mode window running past the right padding: torch divides by the clipped size."""
     x = np.arange(1.0, 1.0 + 2 * 6 * 6).reshape(1, 2, 6, 6)
     for cip in (True, False):
@@ -308,7 +307,7 @@ def test_max_pool_finite_differences(path, shape, kernel, stride, padding, dilat
         ((2, 5, 6), ((2, 3), (1, 2), (1, 1), False, True, 4)),
     ],
 )
-def test_avg_pool2d_finite_differences(path, shape, args):
+def test_avg_pool2d_finite_differences(shape, args):
     rng = np.random.default_rng(5)
     x = rng.standard_normal(shape)
     y = avg_pool2d(x, *args)

@@ -1,8 +1,7 @@
 """The compiled max-pool kernels (Numba) against their NumPy twin, bit for bit: values,
 winning taps, PyTorch's indices and gradients, over many geometries, ties between equal
 values and signed zeros, NaN, -inf, dtypes, empty batches, non-contiguous input and any
-thread count; and the compiled average-pool backward likewise. (PyTorch and finite
-differences check both paths in test_pooling.py and test_pooling_nd.py.)"""
+thread count. (PyTorch and finite differences check both paths in test_pooling.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import foldconv
-from foldconv import functional as F
 from foldconv.functional import pooling_compiled
 from foldconv.functional.pooling import max_pool, max_pool_backward
 from tests.functional.conv_cases import compiled_and_numpy
@@ -287,50 +285,3 @@ def test_taps_outside_the_window_are_refused(compiled, kernel, stride, dtype, ba
             max_pool_backward(y, argmax, x.shape, kernel, stride)
     finally:
         foldconv.set_compiled(previous)
-
-
-# -- average pooling's backward ---------------------------------------------------------------
-@st.composite
-def avg_geometries(draw):
-    nd = draw(st.integers(1, 3))
-    kernel = tuple(draw(st.integers(1, 4 if nd < 3 else 3)) for _ in range(nd))
-    stride = draw(st.none() | st.tuples(*[st.integers(1, 3)] * nd))
-    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
-    sizes = tuple(draw(st.integers(k, k + (6 if nd < 3 else 3))) for k in kernel)
-    lead = draw(st.sampled_from([(), (0,), (1,), (2,)]))
-    options = {"ceil_mode": draw(st.booleans()), "count_include_pad": draw(st.booleans())}
-    if nd > 1:  # (PyTorch's avg_pool1d takes no divisor_override)
-        options["divisor_override"] = draw(st.none() | st.integers(-3, 7).filter(bool))
-    return nd, lead + (2,) + sizes, (kernel, stride, padding), options
-
-
-@given(
-    case=avg_geometries(),
-    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
-    seed=st.integers(0, 2**31 - 1),
-)
-def test_compiled_avg_pool_backward_is_the_numpy_path(case, dtype, seed):
-    nd, shape, args, options = case
-    rng = np.random.default_rng(seed)
-    backward = getattr(F, f"avg_pool{nd}d_backward")
-    y = getattr(F, f"avg_pool{nd}d")(np.zeros(shape, dtype), *args, **options)
-    g = _grad(rng, y.shape, dtype)
-    with np.errstate(invalid="ignore"):
-        fast, plain = compiled_and_numpy(lambda: backward(g, shape, *args, **options))
-        _same(fast, plain)
-        g_strided = np.asfortranarray(g)  # non-contiguous gradient
-        _same(backward(g_strided, shape, *args, **options), fast)
-
-
-@pytest.mark.parametrize("shape, args", [((4, 16, 24, 24), (3, 2, 1)), ((4, 16, 28, 28), (2,))])
-def test_avg_pool_backward_does_not_depend_on_the_thread_count(monkeypatch, shape, args):
-    monkeypatch.setattr(pooling_compiled, "_PARALLEL_BYTES", 0)
-    rng = np.random.default_rng(14)
-    y = F.avg_pool2d(np.zeros(shape, np.float32), *args)
-    g = rng.standard_normal(y.shape).astype(np.float32)
-    runs = []
-    for n in (1, 2, 3):
-        foldconv.set_num_threads(n)
-        runs.append(F.avg_pool2d_backward(g, shape, *args))
-    for other in runs[1:]:
-        _same(runs[0], other)

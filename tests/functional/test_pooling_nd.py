@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import foldconv
 from foldconv import functional as F
 from foldconv import nn
 from tests.gradcheck import numerical_grad, rel_err
@@ -19,15 +18,6 @@ TOL = 1e-10
 @pytest.fixture(scope="module")
 def torch():
     return pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module", params=[True, False], ids=["compiled", "numpy"])
-def path(request):
-    """Average pooling's backward on the compiled kernel (where Numba is installed) and on
-    the NumPy path."""
-    previous = foldconv.set_compiled(request.param)
-    yield request.param
-    foldconv.set_compiled(previous)
 
 
 def _t(torch, a, grad=False):
@@ -64,7 +54,7 @@ def avg_cases(draw):
 
 
 @given(case=avg_cases(), seed=st.integers(0, 2**31 - 1))
-def test_avg_pool_1d_3d_match_torch(torch, path, case, seed):
+def test_avg_pool_1d_3d_match_torch(torch, case, seed):
     nd, shape, args = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape)
@@ -93,7 +83,7 @@ def test_avg_pool_1d_3d_match_torch(torch, path, case, seed):
         (3, (2, 3, 4, 3), (2, 1, 1, False, False, 5)),
     ],
 )
-def test_avg_pool_1d_3d_finite_differences(path, nd, shape, args):
+def test_avg_pool_1d_3d_finite_differences(nd, shape, args):
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape)
     fwd = getattr(F, f"avg_pool{nd}d")

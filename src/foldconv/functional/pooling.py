@@ -841,10 +841,6 @@ def _avg_pool_backward(
     gs = g.astype(cdt) / _avg_divisor(
         xp, in_shape, out_shape, kernel, stride_t, pad, count_include_pad, divisor_override, cdt
     )
-    if pooling_compiled.applies(gs):  # a gather per input element, bitwise the path below
-        gin = pooling_compiled.avg_pool_backward(gs, in_shape, kernel, stride_t, pad)
-        gin = gin.astype(grad_output.dtype, copy=False)
-        return gin[0] if unbatched else gin
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_shape, pads, strict=True))
     planes = g.shape[0] * g.shape[1]
     gin = xp.zeros((planes,) + padded, dtype=cdt)

@@ -248,38 +248,10 @@ def _kernels() -> dict[str, Any]:
                     for i_w in range(w_n):
                         row[i_w] = acc[start + i_w]
 
-    @jit
-    def avg_backward(gs, dx, tab_d, tab_h, tab_w, zero, p0, p1):  # pragma: no cover
-        # dx[p, i] = 0 + Σ_t gs[p, o(i, t)] over the taps t (row-major) of the windows o
-        # that hold i, o(i, t)·s + t = i + pad (tab_*[i, t] = o, or -1 where none does):
-        # a gather per input element, adding in the NumPy path's order (tap by tap) and
-        # in gs's dtype, so to the last bit its result.
-        d_n, h_n, w_n = dx.shape[1], dx.shape[2], dx.shape[3]
-        kd, kh, kw = tab_d.shape[1], tab_h.shape[1], tab_w.shape[1]
-        for p in range(p0, p1):
-            for i_d in range(d_n):
-                for i_h in range(h_n):
-                    for i_w in range(w_n):
-                        acc = zero
-                        for td in range(kd):
-                            od = tab_d[i_d, td]
-                            if od < 0:
-                                continue
-                            for th in range(kh):
-                                oh = tab_h[i_h, th]
-                                if oh < 0:
-                                    continue
-                                for tw in range(kw):
-                                    ow = tab_w[i_w, tw]
-                                    if ow >= 0:
-                                        acc += gs[p, od, oh, ow]
-                        dx[p, i_d, i_h, i_w] = acc
-
     return {
         "forward": forward,
         "backward_disjoint": backward_disjoint,
         "backward_overlapping": backward_overlapping,
-        "avg_backward": avg_backward,
     }
 
 
@@ -425,48 +397,4 @@ def max_pool_backward(
         run = _kernels()["backward_overlapping"]
         offsets, padded = _padded_offsets(in_shape, out_shape, kernel, stride, padding, dilation)
         parallel_map(lambda b: run(g4, a4, dx, geo, offsets, padded, *b), blocks)
-    return dx.reshape((n, c) + tuple(in_shape))
-
-
-@functools.lru_cache(maxsize=256)
-def _window_table(n: int, o_n: int, k: int, s: int, p: int) -> np.ndarray:
-    """(n, k) int64: the window o whose tap t reads input element i (o·s + t = i + p,
-    0 <= o < o_n), or -1 where none does."""
-    i = np.arange(n, dtype=np.int64)[:, None] + p - np.arange(k, dtype=np.int64)[None, :]
-    o = i // s
-    return np.where((i % s == 0) & (o >= 0) & (o < o_n), o, -1)
-
-
-def avg_pool_backward(
-    gs: Any,
-    in_shape: tuple[int, ...],
-    kernel: tuple[int, ...],
-    stride: tuple[int, ...],
-    padding: tuple[int, ...],
-) -> Any:
-    """dx of average pooling from dy already divided by each window's divisor.
-
-    Parameters
-    ----------
-    gs : ndarray, shape (N, C, *O), float32 or float64: dy / divisor
-    in_shape : the input's spatial shape S
-    kernel, stride, padding : tuples of len(S) ints (validated by the caller)
-
-    Returns
-    -------
-    ndarray, shape (N, C, *S), gs's dtype
-    """
-    n, c = gs.shape[:2]
-    planes = n * c
-    out_shape = tuple(gs.shape[2:])
-    g4 = _as_3d(gs, planes, out_shape)
-    dx = np.empty((planes,) + (1,) * (3 - len(in_shape)) + tuple(in_shape), dtype=gs.dtype)
-    unit = np.zeros((1, 1), dtype=np.int64)  # a leading dimension of size 1
-    tables = [unit] * (3 - len(in_shape)) + [
-        _window_table(*dims)
-        for dims in zip(in_shape, out_shape, kernel, stride, padding, strict=True)
-    ]
-    run = _kernels()["avg_backward"]
-    zero = gs.dtype.type(0)
-    parallel_map(lambda b: run(g4, dx, *tables, zero, *b), _blocks(planes, dx.nbytes))
     return dx.reshape((n, c) + tuple(in_shape))
