@@ -560,7 +560,9 @@ def max_pool_backward(
     Deterministic. On NumPy, overlapping windows are scattered with one ``np.bincount``
     per group of planes (float64 sums, in output order); otherwise a loop over the kernel
     taps adds ``dy * [argmax == t]`` into tap ``t``'s strided view, which for a fixed tap
-    never hits an input position twice. On the GPU one kernel gathers instead: a thread
+    never hits an input position twice. The compiled kernels (float32/float64, Numba
+    installed) do the same sums per plane, bit for bit. Winning-tap indices outside
+    ``[0, prod(kernel_size))`` are a ValueError. On the GPU one kernel gathers instead: a thread
     per input element sums, in output order and in float64, the ``dy`` of the windows
     whose winning tap sits on it.
     """
