@@ -7,6 +7,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+import foldconv
 from foldconv.functional import pooling as P
 from foldconv.functional.pooling import (
     adaptive_avg_pool2d,
@@ -24,6 +25,22 @@ TOL = 1e-10
 @pytest.fixture(scope="module")
 def torch():
     return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["compiled", "numpy"])
+def path(request):
+    """Max pooling on the compiled kernels (where Numba is installed) and on the NumPy path."""
+    previous = foldconv.set_compiled(request.param)
+    yield request.param
+    foldconv.set_compiled(previous)
+
+
+@pytest.fixture
+def numpy_path():
+    """The NumPy path, for tests of its own internals."""
+    previous = foldconv.set_compiled(False)
+    yield
+    foldconv.set_compiled(previous)
 
 
 def _t(torch, a, grad=False):
@@ -55,7 +72,7 @@ def max_pool_cases(draw):
 
 
 @given(case=max_pool_cases(), seed=st.integers(0, 2**31 - 1))
-def test_max_pool_matches_torch(torch, case, seed):
+def test_max_pool_matches_torch(torch, path, case, seed):
     nd, shape, kernel, stride, padding, dilation, ceil_mode = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape)
@@ -84,7 +101,7 @@ def test_max_pool_matches_torch(torch, case, seed):
     assert rel_err(gx_flat, xt.grad.numpy()) <= TOL
 
 
-def test_max_pool_ties_follow_torch(torch):
+def test_max_pool_ties_follow_torch(torch, path):
     """Many equal values: the first maximum in row-major window order must win, as in torch."""
     rng = np.random.default_rng(0)
     x = rng.integers(0, 3, size=(2, 3, 9, 10)).astype(np.float64)
@@ -102,7 +119,7 @@ def test_max_pool_ties_follow_torch(torch):
         assert rel_err(gx, xt.grad.numpy()) <= TOL
 
 
-def test_max_pool_nan_propagates_like_torch(torch):
+def test_max_pool_nan_propagates_like_torch(torch, path):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 2, 7, 7))
     x[0, 0, 2, 3] = np.nan
@@ -119,7 +136,7 @@ def test_max_pool_nan_propagates_like_torch(torch):
     np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=0, atol=1e-12)
 
 
-def test_alexnet_overlapping_pool_matches_torch(torch):
+def test_alexnet_overlapping_pool_matches_torch(torch, path):
     """AlexNet's pool1 geometry (3x3, stride 2) in float64, batched over several planes."""
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 8, 55, 55))
@@ -135,7 +152,7 @@ def test_alexnet_overlapping_pool_matches_torch(torch):
 
 
 @pytest.mark.parametrize("group_bytes", [8 * 30, 8 * 30 * 5])
-def test_max_pool_backward_paths_agree(monkeypatch, group_bytes):
+def test_max_pool_backward_paths_agree(monkeypatch, numpy_path, group_bytes):
     """bincount scatter (any plane grouping) == the tap loop used on CuPy."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 4, 5, 6))
@@ -152,7 +169,7 @@ def test_max_pool_backward_paths_agree(monkeypatch, group_bytes):
     assert np.abs(ref).sum() > 0
 
 
-def test_plane_blocking_changes_nothing(monkeypatch):
+def test_plane_blocking_changes_nothing(monkeypatch, numpy_path):
     """Cache blocking over (N, C) planes, one plane per block, gives the same numbers."""
     rng = np.random.default_rng(9)
     x = rng.standard_normal((3, 5, 9, 8))
@@ -270,7 +287,7 @@ def _distinct(shape, rng):
         ((2, 6, 5), (2, 2), 2, 0, 1, False),  # unbatched 2-d
     ],
 )
-def test_max_pool_finite_differences(shape, kernel, stride, padding, dilation, ceil_mode):
+def test_max_pool_finite_differences(path, shape, kernel, stride, padding, dilation, ceil_mode):
     rng = np.random.default_rng(4)
     x = _distinct(shape, rng)
     args = (kernel, stride, padding, dilation, ceil_mode)
@@ -324,7 +341,7 @@ def test_adaptive_bins_cover_input_as_torch_defines():
 
 # -- dtypes ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_dtypes_are_kept(dtype):
+def test_dtypes_are_kept(path, dtype):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 3, 8, 8)).astype(dtype)
     y, argmax = max_pool(x, 3, 2, 1, return_indices="argmax", dims=2)

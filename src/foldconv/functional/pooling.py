@@ -16,6 +16,11 @@ positions: tap ``t`` of every window at once is the strided view
 ``x_pad[..., t*d : t*d + (out-1)*s + 1 : s]``, so each step is one vectorised
 operation on an output-sized array.
 
+Max pooling on float32/float64 NumPy arrays runs compiled instead where Numba is
+installed (:mod:`foldconv.functional.pooling_compiled`: one sweep per (n, c) plane, on
+foldconv's thread pool), with the same results to the last bit;
+``foldconv.set_compiled(False)`` keeps it on the tap loops below.
+
 On the GPU (CuPy arrays) each function is instead one numba-cuda kernel launch
 (:mod:`foldconv.cuda.pooling`): a thread per output element for the forwards, and for
 the backwards a gather, a thread per input element summing over the windows that contain
@@ -24,6 +29,7 @@ it (deterministic, no atomics), with the same results (ties, NaN, divisors) as h
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -31,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from foldconv.backend import get_array_module, gpu_path
+from foldconv.functional import pooling_compiled
 from foldconv.functional._args import as_float_array, compute_dtype, int_tuple
 
 __all__ = [
@@ -275,6 +282,7 @@ def _argmax_dtype(taps: int) -> np.dtype:
     return np.dtype(np.uint64)  # pragma: no cover - a kernel with > 4e9 taps
 
 
+@functools.lru_cache(maxsize=256)  # a training step asks for the same few geometries
 def _windows_disjoint(
     out_shape: tuple[int, ...],
     kernel: tuple[int, ...],
@@ -366,30 +374,11 @@ def max_pool(
         if unbatched:
             y, idx = y[0], (None if idx is None else idx[0])
         return (y, idx) if return_indices else y
-    pads = _padded_extent(in_shape, out_shape, kernel, stride_t, pad, dil)
-    xpad = _pad(xc, pads, -np.inf)
-    planes = xpad.shape[0] * xpad.shape[1]
-    xf = xpad.reshape((planes,) + tuple(xpad.shape[2:]))
-    y = xp.empty((planes,) + out_shape, dtype=cdt)
-    argmax = None
-    if return_indices:
-        adt = _argmax_dtype(math.prod(kernel))
-        argmax = xp.empty(y.shape, dtype=adt)
-    for blk in _plane_blocks(xp, planes, math.prod(out_shape) * cdt.itemsize):
-        _max_block(
-            xf[blk],
-            y[blk],
-            None if argmax is None else argmax[blk],
-            out_shape,
-            kernel,
-            stride_t,
-            dil,
-        )
-    if argmax is not None and bool(xp.isnan(y).any()):
-        y, argmax = _max_pool_nan(xf, out_shape, kernel, stride_t, dil, argmax.dtype)
-    y = y.reshape(xb.shape[:2] + out_shape)
-    if argmax is not None:
-        argmax = argmax.reshape(y.shape)
+    adt = _argmax_dtype(math.prod(kernel)) if return_indices else None
+    if pooling_compiled.applies(xc):  # one sweep per plane, bitwise the path below
+        y, argmax = pooling_compiled.max_pool(xc, out_shape, kernel, stride_t, pad, dil, adt)
+    else:
+        y, argmax = _max_pool_numpy(xc, out_shape, kernel, stride_t, pad, dil, adt)
     y = y.astype(xb.dtype, copy=False)
     if unbatched:
         y = y[0]
@@ -399,6 +388,32 @@ def max_pool(
         return y, (argmax[0] if unbatched else argmax)
     flat = _argmax_to_flat(argmax, in_shape, kernel, stride_t, pad, dil)
     return y, (flat[0] if unbatched else flat)
+
+
+def _max_pool_numpy(xc, out_shape, kernel, stride, padding, dilation, adt):
+    """Max pooling of xc (N, C, *S) by a pass per kernel tap: (y, argmax or None)."""
+    xp = get_array_module(xc)
+    in_shape = tuple(xc.shape[2:])
+    pads = _padded_extent(in_shape, out_shape, kernel, stride, padding, dilation)
+    xpad = _pad(xc, pads, -np.inf)
+    planes = xpad.shape[0] * xpad.shape[1]
+    xf = xpad.reshape((planes,) + tuple(xpad.shape[2:]))
+    y = xp.empty((planes,) + out_shape, dtype=xc.dtype)
+    argmax = None if adt is None else xp.empty(y.shape, dtype=adt)
+    for blk in _plane_blocks(xp, planes, math.prod(out_shape) * xc.dtype.itemsize):
+        _max_block(
+            xf[blk],
+            y[blk],
+            None if argmax is None else argmax[blk],
+            out_shape,
+            kernel,
+            stride,
+            dilation,
+        )
+    if argmax is not None and bool(xp.isnan(y).any()):
+        y, argmax = _max_pool_nan(xf, out_shape, kernel, stride, dilation, argmax.dtype)
+    y = y.reshape(xc.shape[:2] + out_shape)
+    return y, (None if argmax is None else argmax.reshape(y.shape))
 
 
 def _plane_blocks(xp: Any, planes: int, plane_bytes: int):
@@ -545,7 +560,9 @@ def max_pool_backward(
     Deterministic. On NumPy, overlapping windows are scattered with one ``np.bincount``
     per group of planes (float64 sums, in output order); otherwise a loop over the kernel
     taps adds ``dy * [argmax == t]`` into tap ``t``'s strided view, which for a fixed tap
-    never hits an input position twice. On the GPU one kernel gathers instead: a thread
+    never hits an input position twice. The compiled kernels (float32/float64, Numba
+    installed) do the same sums per plane, bit for bit. Winning-tap indices outside
+    ``[0, prod(kernel_size))`` are a ValueError. On the GPU one kernel gathers instead: a thread
     per input element sums, in output order and in float64, the ``dy`` of the windows
     whose winning tap sits on it.
     """
@@ -589,9 +606,17 @@ def max_pool_backward(
         gin = gpu.max_pool_backward(g, idx, full_in, kernel, stride_t, pad, dil)
         gin = gin.astype(grad_output.dtype, copy=False)
         return gin[0] if unbatched else gin
+    if indices_kind == "argmax":  # (flat indices were checked as they were converted)
+        _check_taps(idx, math.prod(kernel))
+    disjoint = _windows_disjoint(out_shape, kernel, stride_t, dil)
+    if pooling_compiled.applies(g):  # one sweep per plane, bitwise the path below
+        gin = pooling_compiled.max_pool_backward(
+            g, idx, in_shape, kernel, stride_t, pad, dil, disjoint
+        )
+        gin = gin.astype(grad_output.dtype, copy=False)
+        return gin[0] if unbatched else gin
     pads = _padded_extent(in_shape, out_shape, kernel, stride_t, pad, dil)
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_shape, pads, strict=True))
-    disjoint = _windows_disjoint(out_shape, kernel, stride_t, dil)
     if not disjoint and _use_bincount(xp):
         gin = _scatter_bincount(g, idx, full_in[:2] + padded, kernel, stride_t, dil)
     else:
@@ -613,6 +638,19 @@ def max_pool_backward(
         gin = gin.reshape(full_in[:2] + padded)
     gin = _crop(gin, pads, in_shape).astype(grad_output.dtype, copy=False)
     return gin[0] if unbatched else gin
+
+
+def _check_taps(argmax: Any, taps: int) -> None:
+    """ValueError unless every winning-tap index lies in [0, taps)."""
+    if argmax.size == 0:
+        return
+    signed = argmax.dtype.kind == "i"
+    if int(argmax.max()) >= taps or (signed and int(argmax.min()) < 0):
+        bad = int((argmax >= taps).sum()) + (int((argmax < 0).sum()) if signed else 0)
+        raise ValueError(
+            f"indices: expected winning-tap indices in [0, {taps}) (as max_pool(..., "
+            f"return_indices='argmax') returns), got {bad} outside"
+        )
 
 
 def _use_bincount(xp: Any) -> bool:
