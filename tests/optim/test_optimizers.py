@@ -518,6 +518,17 @@ def test_sgd_block_update_of_large_parameters_matches_torch_and_the_whole_array_
     blocked = run(sgd_module._BLOCK)
     whole = run(n + 1)  # one pass over the whole array
     np.testing.assert_array_equal(blocked, whole)
+    # Runs of blocks go to foldconv's threads: the same bits at any thread count.
+    from foldconv.functional import threads
+
+    before, adaptive = threads.get_num_threads(), threads.set_adaptive(False)
+    try:
+        for count in (1, 2, 3):
+            threads.set_num_threads(count)
+            np.testing.assert_array_equal(run(sgd_module._BLOCK), blocked)
+    finally:
+        threads.set_num_threads(before)
+        threads.set_adaptive(adaptive)
     tp = torch.tensor(w0.copy(), requires_grad=True)
     topt = torch.optim.SGD([tp], **kw)
     for g in grads:

@@ -7,6 +7,7 @@ from typing import Any
 
 from foldconv import backend
 from foldconv.backend import get_array_module
+from foldconv.functional.threads import active_threads, parallel_map
 from foldconv.optim.optimizer import Optimizer, check_bool, check_nonneg, check_real
 
 __all__ = ["SGD"]
@@ -152,12 +153,24 @@ class SGD(Optimizer):
             # that stay in cache, and only data, grad and the buffer travel to and
             # from memory once each (the same operations per element, so the same
             # rounding as one pass over the whole array).
+            # Contiguous runs of blocks go to foldconv's threads (NumPy's ufuncs release
+            # the GIL), each with its own scratch; every element sees the same operations
+            # whichever thread runs it, so the result does not depend on the count.
             flat = [arr.reshape(-1) for arr in arrays]
-            a, b = self._scratch(data, _BLOCK)
-            for s in range(0, data.size, _BLOCK):
-                e = min(s + _BLOCK, data.size)
-                blocks = [f[s:e] for f in flat] + [None] * (3 - len(flat))
-                self._update_block(xp, *blocks, a[: e - s], b[: e - s], group, first=first)
+            n_blocks = -(-data.size // _BLOCK)
+            tasks = max(1, min(active_threads(), n_blocks))
+            a, b = self._scratch(data, _BLOCK * tasks)
+            per_task = -(-n_blocks // tasks)
+
+            def run(i: int) -> None:
+                sa, sb = a[i * _BLOCK : (i + 1) * _BLOCK], b[i * _BLOCK : (i + 1) * _BLOCK]
+                stop = min(data.size, (i + 1) * per_task * _BLOCK)
+                for s in range(i * per_task * _BLOCK, stop, _BLOCK):
+                    e = min(s + _BLOCK, data.size)
+                    blocks = [f[s:e] for f in flat] + [None] * (3 - len(flat))
+                    self._update_block(xp, *blocks, sa[: e - s], sb[: e - s], group, first=first)
+
+            parallel_map(run, range(tasks))
         else:
             a, b = self._scratch(data, data.size)
             a, b = a.reshape(data.shape), b.reshape(data.shape)
