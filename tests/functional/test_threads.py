@@ -305,3 +305,23 @@ def test_a_busy_process_on_our_cores_takes_threads_away():
         busy.wait()
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["2 1", "[1]"]
+
+
+def test_small_gemms_run_on_one_blas_thread():
+    # The size alone decides: a Linear layer or convolution pass below SMALL_GEMM_MACS
+    # gets one BLAS thread, a larger one the threads in use.
+    from foldconv.functional import conv, linear
+
+    foldconv.set_num_threads(3)
+    x = np.ones((4, 8), dtype=np.float32)
+    linear(x, np.ones((5, 8), dtype=np.float32))
+    assert all(t == 1 for t in _blas_threads())
+    n = 1024  # 1024 x 1024 x 1024 > SMALL_GEMM_MACS
+    assert n**3 >= threads.SMALL_GEMM_MACS
+    linear(np.ones((n, n), dtype=np.float32), np.ones((n, n), dtype=np.float32))
+    assert all(t == 3 for t in _blas_threads())
+    conv(np.ones((1, 2, 6, 6)), np.ones((3, 2, 3, 3)), algorithm="im2col")
+    assert all(t == 1 for t in _blas_threads())
+    # A budget set afterwards reaches BLAS at once, whatever the last GEMM was.
+    foldconv.set_num_threads(2)
+    assert all(t == 2 for t in _blas_threads())

@@ -28,6 +28,7 @@ does); otherwise it uses a cost model calibrated on the CPU benchmark suite
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -51,7 +52,7 @@ from foldconv.functional.direct import (
     conv_weight_grad_direct,
 )
 from foldconv.functional.padding import apply_pad, pad_adjoint
-from foldconv.functional.threads import ready as threads_ready
+from foldconv.functional.threads import gemm_ready
 
 PASSES = ("forward", "input_grad", "weight_grad")
 
@@ -324,12 +325,20 @@ def _autotune(pass_: str, g: ConvGeometry, dtype: Any, xp: Any, args: tuple) -> 
 
 def select(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str, xp: Any, args: tuple) -> str:
     """The algorithm that will run ``pass_`` for ``algorithm`` ('auto' or a name)."""
-    threads_ready()  # the thread budget reaches BLAS before the first GEMM
+    # The thread budget reaches BLAS before the first GEMM; a small pass runs its GEMMs
+    # on one BLAS thread (threads.SMALL_GEMM_MACS).
+    gemm_ready(_macs(g))
     if algorithm == "auto":
         if _benchmark:
             return _autotune(pass_, g, dtype, xp, args)
         return cost_model(pass_, g, dtype)
     return check_algorithm(pass_, g, dtype, algorithm)
+
+
+def _macs(g: ConvGeometry) -> int:
+    """Multiply-adds of one pass (each of the three has the forward's count)."""
+    per_output = (g.in_channels // g.groups) * g.kernel_size
+    return g.batch * g.out_channels * math.prod(g.out_shape) * per_output
 
 
 def check_algorithm(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str) -> str:

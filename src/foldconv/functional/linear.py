@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from foldconv.functional.activation import _as_float_array, _check_dim, _compute_dtype
-from foldconv.functional.threads import ready as threads_ready
+from foldconv.functional.threads import gemm_ready
 
 __all__ = ["flatten", "flatten_backward", "linear", "linear_backward"]
 
@@ -45,12 +45,12 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Any:
         Parameters of another float dtype are cast to that of ``x`` (float16 computes
         in float32).
     """
-    threads_ready()  # the thread budget reaches BLAS before the first GEMM
     x = _as_float_array(x, "x")
     weight = _as_float_array(weight, "weight")
     if bias is not None:
         bias = _as_float_array(bias, "bias")
     _check_linear_args(x, weight, bias)
+    gemm_ready(math.prod(x.shape) * weight.shape[0])  # BLAS's threads for this size
     ct = _compute_dtype(x.dtype)
     y = x.astype(ct, copy=False) @ weight.astype(ct, copy=False).T
     if bias is not None:
@@ -87,6 +87,7 @@ def linear_backward(
             f"got {tuple(grad_output.shape)}"
         )
     ct = _compute_dtype(x.dtype)
+    gemm_ready(math.prod(x.shape) * out_features)  # each of the two GEMMs' size
     g = grad_output.astype(ct, copy=False)
     w = weight.astype(ct, copy=False)
     dx = (g @ w).astype(x.dtype, copy=False)

@@ -15,7 +15,9 @@ GEMMs, then elementwise passes, each of which waits for the previous one to fini
 pool's workers never call BLAS (their work is copies, adds and einsum loops) and the
 compiled kernels they call are serial. So at any moment at most ``n`` threads of this
 process have work, and giving BLAS ``n`` threads while the pool sleeps oversubscribes
-nothing; splitting would only leave cores idle.
+nothing; splitting would only leave cores idle. One exception: OpenBLAS's workers spin
+for a while after each multithreaded call, holding cores the pool then wants; GEMMs too
+small to gain from threads therefore run on one BLAS thread (:func:`gemm_ready`).
 
 The caller of :func:`parallel_map` takes a share of the work itself, so the pool holds
 ``n - 1`` workers and a parallel region runs exactly ``n`` threads. Idle workers block in
@@ -94,7 +96,9 @@ def _forget_pool_after_fork() -> None:
     # A forked child inherits the pool object but not its threads: start a new one. Its
     # affinity may differ too, so an automatic budget is worked out again.
     global _pool, _num_threads, _active, _next_check, _controller, _numba_applied, _last
+    global _blas_threads
     _pool = None
+    _blas_threads = 0
     _last = None  # the child's CPU clock starts again at zero
     _controller = None
     _numba_applied = 0
@@ -276,9 +280,40 @@ def _refresh(wait: bool = True) -> None:
         import threadpoolctl
 
         _controller = threadpoolctl.ThreadpoolController()
-    _controller.limit(limits=_active, user_api="blas")
+        _blas_libs[:] = [lib for lib in _controller.lib_controllers if lib.user_api == "blas"]
+    _set_blas(_active, force=True)
     if "numba" in sys.modules:
         set_numba_threads(_active)
+
+
+# --- small GEMMs on one BLAS thread ------------------------------------------------------
+
+# A GEMM (or a pass of GEMMs) below this many multiply-adds runs on one BLAS thread.
+# OpenBLAS's workers spin for a while after each multithreaded call; a small GEMM gains
+# next to nothing from them, and then they hold the other core while foldconv's pool
+# runs the next layer. LeNet-5's step (batch 128, two threads on an idle 2-core machine)
+# took 12.2-12.7 ms with its Linear layers' GEMMs (0.1-6 M multiply-adds) on two BLAS
+# threads and 9.0-10.4 ms on one (BENCHMARKS.md, "LeNet-5 at PyTorch's pace"). 16 M is
+# ~0.3 ms at one core's sgemm rate; AlexNet's smallest GEMM (fc8, 65 M) stays threaded.
+SMALL_GEMM_MACS = 16 * 2**20
+_blas_libs: list[Any] = []  # threadpoolctl's controllers of the loaded BLAS libraries
+_blas_threads = 0  # the thread count BLAS was last given (0: not yet)
+
+
+def _set_blas(n: int, force: bool = False) -> None:
+    global _blas_threads
+    if n != _blas_threads or force:
+        for lib in _blas_libs:
+            lib.set_num_threads(n)
+        _blas_threads = n
+
+
+def gemm_ready(macs: int) -> None:
+    """Called before a GEMM, or a pass of GEMMs, of ``macs`` multiply-adds: :func:`ready`,
+    then BLAS gets one thread for a small product (below ``SMALL_GEMM_MACS``) and the
+    threads in use otherwise. The choice depends on the size only, never on the load."""
+    ready()
+    _set_blas(1 if macs < SMALL_GEMM_MACS else _active)
 
 
 def set_numba_threads(n: int) -> None:
