@@ -227,7 +227,7 @@ def test_no_cpu_kernel_runs_on_the_gpu_path(algorithm, monkeypatch):
     }
     monkeypatch.setattr(dispatch, "_KERNELS", poisoned)
     monkeypatch.setattr(dispatch, "_pads_itself", cpu_kernel)
-    monkeypatch.setattr(dispatch, "threads_ready", cpu_kernel)
+    monkeypatch.setattr(dispatch, "gemm_ready", cpu_kernel)
     rng = np.random.default_rng(8)
     groups = 2 if algorithm == "depthwise" else 1
     x, w = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((2, 2 // groups, 3, 3))
