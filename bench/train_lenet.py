@@ -138,16 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train_lenet: error: data directory {args.data_dir} not found", file=sys.stderr)
         return 2
 
-    import os
     import tempfile
 
-    load_before = os.getloadavg()[0]
+    start = _busy_sample()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "run"
         ours = run_ours(args, out)
-    load_between = os.getloadavg()[0]
+    between = _busy_sample()
     theirs = run_torch(args, ours["config"])
-    load_after = os.getloadavg()[0]
+    end = _busy_sample()
+    others = [_others(a, b) for a, b in ((start, between), (between, end))]
     cfg = ours["config"]
     print(
         f"LeNet-5 on {args.data_dir}: {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
@@ -162,18 +162,39 @@ def main(argv: list[str] | None = None) -> int:
         )
     ratio = statistics.median(ours["epoch_seconds"]) / statistics.median(theirs["epoch_seconds"])
     print(f"foldconv / PyTorch time per epoch: {ratio:.2f}x")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    loads = (load_before, load_between, load_after)
-    print(f"load (1 min) before / between / after: {' / '.join(f'{v:.2f}' for v in loads)}")
-    if max(loads) > 1.0:
-        # Each framework runs alone in this process; a load above one core's worth means
-        # other processes competed, and PyTorch's threads stall under that far more than
-        # ours (BENCHMARKS.md, "Under load"): the ratio is then not an idle comparison.
+    if None not in others:
         print(
-            f"note: other processes kept the machine busy ({cores} cores); this ratio is not "
-            "an idle-machine comparison (bench/under_load.py compares under set loads)"
+            "cores' worth of CPU other processes used during foldconv's / PyTorch's run: "
+            f"{others[0]:.2f} / {others[1]:.2f}"
         )
+        if max(others) > 0.25:
+            # PyTorch's threads stall beside other work far more than ours (BENCHMARKS.md,
+            # "Under load"): the ratio is then not an idle-machine comparison.
+            print(
+                "note: other processes kept the machine busy; this ratio is not an idle "
+                "comparison (bench/under_load.py compares the two under set loads)"
+            )
     return 0
+
+
+def _busy_sample() -> tuple[float, float, float] | None:
+    """(wall s, busy CPU s of all cores, this process's CPU s), or None without /proc."""
+    import os
+
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except OSError:
+        return None
+    busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    return time.monotonic(), busy, time.process_time()
+
+
+def _others(a: tuple | None, b: tuple | None) -> float | None:
+    """Cores' worth of CPU that other processes used between two samples."""
+    if a is None or b is None or b[0] <= a[0]:
+        return None
+    return max(0.0, (b[1] - a[1]) - (b[2] - a[2])) / (b[0] - a[0])
 
 
 if __name__ == "__main__":
