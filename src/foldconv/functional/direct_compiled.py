@@ -409,6 +409,9 @@ def forward(x_pad: Any, w: Any, g: ConvGeometry) -> Any:
 
 def input_grad(dy: Any, w: Any, g: ConvGeometry) -> Any:
     """Eq. BX' (δ with the flipped kernel). dy (N, C_out, *out) -> dX_pad (N, C_in, *S_pad)."""
+    if not np.isfinite(w).all():
+        # δ_ext's zeros off the outputs would meet inf/NaN weights (0 · inf is NaN)
+        return im2col.input_grad(dy, w, g, layout=im2col.exact_layout(g))
     plan = _plan(g)
     G = g.groups
     cog, cig = g.out_channels // G, g.in_channels // G
@@ -418,9 +421,6 @@ def input_grad(dy: Any, w: Any, g: ConvGeometry) -> Any:
     wt = w.reshape(G, cog, cig, -1).swapaxes(1, 2)[..., ::-1]
     wt = np.ascontiguousarray(wt).reshape(g.in_channels, cog, -1)
     offs_rev = np.ascontiguousarray(plan.reach - plan.offsets[::-1])
-    if not np.isfinite(w).all():
-        # δ_ext's zeros off the outputs would meet inf/NaN weights (0 · inf is NaN)
-        return im2col.input_grad(dy, w, g, layout=im2col.exact_layout(g))
     dx = np.empty((g.batch, g.in_channels, plan.size), dtype=d.dtype)
     run = _kernels()["input_grad"]
     args = (d, wt, offs_rev, plan.outputs, plan.reach, cig, cog, plan.grad_row)
@@ -446,9 +446,9 @@ def weight_grad(dy: Any, x_pad: Any, g: ConvGeometry) -> Any:
 
     parallel_map(block, range(len(blocks)))
     # Blocks in order: the same sum whatever thread ran which block.
-    dw = partial[0]
+    dw = partial[0]  # summed into in place: partial is not read again
     for i in range(1, len(blocks)):
-        dw = dw + partial[i]
+        dw += partial[i]
     if not np.isfinite(dw).all():
         # The input holds inf or NaN, which δ_ext's zeros off the outputs may have met
         # (0 · inf is NaN): the sums again over the outputs alone.
