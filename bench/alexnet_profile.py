@@ -9,7 +9,8 @@ multiply-adds.
 
     PYTHONPATH=src python bench/alexnet_profile.py [--steps 5] [--net lenet] [--json]
 
-``--net lenet`` profiles LeNet-5 at batch 128 (1x28x28) the same way.
+``--net lenet`` profiles LeNet-5 at batch 128 (1x28x28) the same way; ``--batch`` sets
+another batch size (the trainer's LeNet-5 recipe uses 64).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def _macs(layer: Any, out_shape: tuple[int, ...]) -> int:
     return math.prod(out_shape) * per_output
 
 
-def profile(steps: int, net: str = "alexnet") -> tuple[dict[str, float], dict[str, int], list[str]]:
+def profile(
+    steps: int, net: str = "alexnet", batch: int | None = None
+) -> tuple[dict[str, float], dict[str, int], list[str]]:
     from foldconv import nn, optim
     from foldconv.allocator import keep_freed_memory_from_env
     from foldconv.models import alexnet_paper, lenet5
@@ -57,12 +60,14 @@ def profile(steps: int, net: str = "alexnet") -> tuple[dict[str, float], dict[st
     rng = np.random.default_rng(0)
     if net == "lenet":
         model = lenet5(10, rng=rng)
-        x = rng.standard_normal((128, 1, 28, 28)).astype(np.float32)
-        y = rng.integers(0, 10, size=128)
+        n = batch or 128
+        x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+        y = rng.integers(0, 10, size=n)
     else:
         model = alexnet_paper(1000, rng=rng)
-        x = rng.standard_normal((16, 3, 227, 227)).astype(np.float32)
-        y = rng.integers(0, 1000, size=16)
+        n = batch or 16
+        x = rng.standard_normal((n, 3, 227, 227)).astype(np.float32)
+        y = rng.integers(0, 1000, size=n)
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     crit = nn.CrossEntropyLoss()
     times: dict[str, list[float]] = collections.defaultdict(list)
@@ -105,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--net", choices=["alexnet", "lenet"], default="alexnet")
+    p.add_argument("--batch", type=int, default=None, help="default: 128 (lenet), 16 (alexnet)")
     p.add_argument("--json", action="store_true", help="print the medians as JSON")
     args = p.parse_args(argv)
-    medians, macs, order = profile(args.steps, args.net)
+    medians, macs, order = profile(args.steps, args.net, args.batch)
     if args.json:
         print(json.dumps({"ms": medians, "macs": macs}))
         return 0

@@ -126,6 +126,50 @@ def test_results_do_not_depend_on_the_thread_count_or_the_run():
             assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_placing_the_padding_itself_changes_no_bit(case, dtype):
+    # padded=False (the kernels place the zero padding and crop dX; the forward adds the
+    # bias) against the kernels on the caller's padded copy, then y += b and the crop.
+    rng = np.random.default_rng(11)
+    x, w, opts = _data(rng, case, dtype)
+    pads = _args.parse_padding(opts["padding"], x.ndim - 2)
+    g = _args.conv_geometry(x.shape, w.shape, 1, pads, opts["dilation"], opts["groups"], "zeros")
+    assert direct_compiled.pads_itself(g)
+    x_pad = np.pad(x, ((0, 0), (0, 0)) + tuple(pads))
+    b = rng.standard_normal(w.shape[0]).astype(dtype)
+    want = direct_compiled.forward(x_pad, w, g)
+    want += b.reshape((1, -1) + (1,) * (x.ndim - 2))
+    assert np.array_equal(direct_compiled.forward(x, w, g, padded=False, bias=b), want)
+    y_plain = direct_compiled.forward(x, w, g, padded=False)
+    assert np.array_equal(y_plain, direct_compiled.forward(x_pad, w, g))
+    dy = rng.standard_normal(want.shape).astype(dtype)
+    dx_pad = direct_compiled.input_grad(dy, w, g)
+    crop = (slice(None), slice(None)) + tuple(
+        slice(lo, lo + n) for (lo, _), n in zip(pads, x.shape[2:], strict=True)
+    )
+    dx = direct_compiled.input_grad(dy, w, g, padded=False)
+    assert dx.shape == x.shape and np.array_equal(dx, dx_pad[crop])
+    dw = direct_compiled.weight_grad(dy, x, g, padded=False)
+    assert np.array_equal(dw, direct_compiled.weight_grad(dy, x_pad, g))
+
+
+def test_other_padding_modes_take_a_padded_copy():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 2, 7, 6))
+    w = rng.standard_normal((4, 2, 3, 3))
+    b = rng.standard_normal(4)
+    for mode in ("reflect", "replicate", "circular"):
+        opts = dict(padding=(1, 2), padding_mode=mode)
+        y = conv(x, w, b, **opts, algorithm="direct_compiled")
+        assert rel_err(y, conv(x, w, b, **opts, algorithm="direct")) <= 1e-12
+        dy = rng.standard_normal(y.shape)
+        got = conv_backward(dy, x, w, **opts, algorithm="direct_compiled")
+        want = conv_backward(dy, x, w, **opts, algorithm="direct")
+        for a, c in zip(got, want, strict=True):
+            assert rel_err(a, c) <= 1e-12
+
+
 def test_non_contiguous_and_special_values():
     rng = np.random.default_rng(1)
     base = rng.standard_normal((4, 3, 9, 8))

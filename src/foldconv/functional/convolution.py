@@ -144,8 +144,9 @@ def conv(
     cdt = compute_dtype(xb.dtype)
     xc = xb.astype(cdt, copy=False)
     w = weight.astype(cdt, copy=False)
-    y = dispatch.forward_unpadded(algorithm, g, xc, w)
-    return _finish(y, bias, xb.dtype, unbatched)
+    b = None if bias is None else bias.astype(cdt, copy=False)
+    y = dispatch.forward_unpadded(algorithm, g, xc, w, b)
+    return _finish(y, None, xb.dtype, unbatched)
 
 
 def conv_backward(

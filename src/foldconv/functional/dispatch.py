@@ -362,29 +362,48 @@ def check_algorithm(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str) -> 
     return name
 
 
-def _pads_itself(pass_: str, algorithm: str, g: ConvGeometry, *args: Any) -> Any:
+def _pads_itself(pass_: str, algorithm: str, g: ConvGeometry, *args: Any, bias: Any = None) -> Any:
     """Run one pass on the *unpadded* input where the chosen kernel pads by itself (zero
-    padding, compiled depthwise kernels); None where that does not apply."""
+    padding; the compiled depthwise and direct kernels); None where that does not apply.
+    ``bias`` (forward only) is added by the kernel where it can, else here."""
     if g.padding_mode != "zeros" or (algorithm == "auto" and _benchmark) or g.batch == 0:
         return None
+    gemm_ready(_macs(g))  # as select() does: the thread budget is looked at here too
     name = cost_model(pass_, g, args[0].dtype) if algorithm == "auto" else algorithm
+    if name == "direct_compiled":
+        if not (direct_compiled.applies(g, *args) and direct_compiled.pads_itself(g)):
+            return None
+        if algorithm != "auto":
+            check_algorithm(pass_, g, args[0].dtype, algorithm)
+        if pass_ == "forward":
+            return direct_compiled.forward(*args, g, padded=False, bias=bias)
+        return getattr(direct_compiled, pass_)(*args, g, padded=False)
     if name != "depthwise" or not depthwise.supports(g):
         return None
     if not depthwise_compiled.applies(g, *args):
         return None
-    return getattr(depthwise_compiled, pass_)(*args, g, padded=False)
+    y = getattr(depthwise_compiled, pass_)(*args, g, padded=False)
+    return _add_bias(y, bias) if pass_ == "forward" else y
 
 
-def forward_unpadded(algorithm: str, g: ConvGeometry, x: Any, w: Any) -> Any:
-    """Eq. F from the unpadded input x (N, C_in, *S): padded here unless the kernel
-    pads by itself."""
+def _add_bias(y: Any, bias: Any) -> Any:
+    """y += b per output channel (eq. F's + b), after the sum."""
+    if bias is not None:
+        y += bias.astype(y.dtype, copy=False).reshape((1, -1) + (1,) * (y.ndim - 2))
+    return y
+
+
+def forward_unpadded(algorithm: str, g: ConvGeometry, x: Any, w: Any, bias: Any = None) -> Any:
+    """Eq. F from the unpadded input x (N, C_in, *S), plus ``bias`` (C_out,) if given:
+    padded here unless the kernel pads by itself."""
     if gpu_path(get_array_module(x, w)):
         from foldconv.cuda import conv as gpu_conv  # noqa: PLC0415
 
-        return gpu_conv.forward(algorithm, g, x, w)
-    y = _pads_itself("forward", algorithm, g, x, w)
+        return _add_bias(gpu_conv.forward(algorithm, g, x, w), bias)
+    y = _pads_itself("forward", algorithm, g, x, w, bias=bias)
     if y is None:
         y = run("forward", algorithm, g, apply_pad(x, g.pads, g.padding_mode), w)
+        y = _add_bias(y, bias)
     return y
 
 
