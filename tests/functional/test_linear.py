@@ -140,3 +140,16 @@ def test_flatten_matches_torch(torch, start, end):
     y = flatten(x, start, end)
     assert y.shape == ref.shape
     assert rel_err(y, ref) == 0.0
+
+
+@pytest.mark.parametrize("lead", [(3,), (2, 2), (1,), (0,)])
+def test_linear_with_few_rows_matches_torch_and_is_contiguous(torch, lead):
+    # Rows at most out_features / 4 take the (W x^T)^T form (one fewer GEMM layout).
+    rng = np.random.default_rng(6)
+    for dtype, tol in ((np.float64, TOL), (np.float32, 1e-5)):
+        x, w, b, g = (a.astype(dtype) for a in _problem(rng, lead, 33, 40))
+        y = linear(x, w, b)
+        ref = torch.nn.functional.linear(torch.tensor(x), torch.tensor(w), torch.tensor(b))
+        assert y.shape == lead + (40,) and y.dtype == dtype
+        assert y.flags["C_CONTIGUOUS"]
+        assert rel_err(y, ref.numpy()) <= tol
