@@ -46,6 +46,11 @@ def get_array_module(*arrays: Any) -> ModuleType:
     TypeError
         If NumPy and CuPy arrays are mixed.
     """
+    for a in arrays:  # the common case first: NumPy arrays only (and None)
+        if a is not None and type(a) is not np.ndarray:
+            break
+    else:
+        return np
     kinds = {is_cupy_array(a) for a in arrays if a is not None and hasattr(a, "shape")}
     if kinds == {True}:
         cp = _cupy()

@@ -518,6 +518,16 @@ def test_sgd_block_update_of_large_parameters_matches_torch_and_the_whole_array_
     blocked = run(sgd_module._BLOCK)
     whole = run(n + 1)  # one pass over the whole array
     np.testing.assert_array_equal(blocked, whole)
+    # The compiled update (optim/sgd_compiled.py, when Numba is there) and the NumPy
+    # blocks: the same operations per element, so the same bits.
+    import foldconv
+
+    was = foldconv.set_compiled(False)
+    try:
+        np.testing.assert_array_equal(run(sgd_module._BLOCK), blocked)
+        np.testing.assert_array_equal(run(n + 1), blocked)
+    finally:
+        foldconv.set_compiled(was)
     # Runs of blocks go to foldconv's threads: the same bits at any thread count.
     from foldconv.functional import threads
 
@@ -536,3 +546,48 @@ def test_sgd_block_update_of_large_parameters_matches_torch_and_the_whole_array_
         topt.step()
     assert_close([blocked], [tp.detach().numpy()], tol=1e-6 if dtype == np.float32 else 1e-14)
     assert np.max(np.abs(blocked - w0)) > 1e-3  # the steps moved the weights
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf - inf on purpose
+@pytest.mark.parametrize("kw", SGD_BLOCK_CONFIGS, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_compiled_update_is_the_numpy_update_bit_for_bit(kw, dtype):
+    """Small parameters (one pass each), special values included, over steps; and
+    hyperparameters given as NumPy float64 scalars (which make NumPy compute in float64)
+    keep to the NumPy path's result."""
+    pytest.importorskip("numba")
+    import foldconv
+    from foldconv.optim import sgd_compiled
+
+    rng = np.random.default_rng(8)
+    shapes = [(6, 1, 5, 5), (16,), (3, 7)]
+    w0 = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    w0[1][:4] = [np.inf, -0.0, np.nan, 1e-30]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(3)]
+    grads[1][2][0, :3] = [np.nan, -np.inf, -0.0]
+
+    def run(compiled_on, cast=float):
+        was = foldconv.set_compiled(compiled_on)
+        try:
+            params = [Parameter(w.copy()) for w in w0]
+            opt = SGD(params, **{k: cast(v) if type(v) is float else v for k, v in kw.items()})
+            for gs in grads:
+                for p, g in zip(params, gs, strict=True):
+                    p.grad = g.copy()
+                assert sgd_compiled.applies(
+                    (params[0].data, params[0].grad), opt.param_groups[0]
+                ) == (compiled_on and cast is float)
+                opt.step()
+            buffers = [opt.state[p]["momentum_buffer"] for p in params if opt.state.get(p)]
+            assert len(buffers) == (len(params) if kw.get("momentum") else 0)
+            return [p.data for p in params] + buffers
+        finally:
+            foldconv.set_compiled(was)
+
+    fast, plain = run(True), run(False)
+    for a, b in zip(fast, plain, strict=True):
+        assert a.dtype == b.dtype == dtype
+        np.testing.assert_array_equal(a, b)
+        assert np.array_equal(np.signbit(a), np.signbit(b))
+    for a, b in zip(run(True, np.float64), run(False, np.float64), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -8,6 +8,7 @@ from typing import Any
 from foldconv import backend
 from foldconv.backend import get_array_module
 from foldconv.functional.threads import active_threads, parallel_map
+from foldconv.optim import sgd_compiled
 from foldconv.optim.optimizer import Optimizer, check_bool, check_nonneg, check_real
 
 __all__ = ["SGD"]
@@ -148,6 +149,23 @@ class SGD(Optimizer):
             dtype = data.dtype if group["maximize"] or weight_decay != 0 else grad.dtype
             buf = state["momentum_buffer"] = xp.empty(data.shape, dtype=dtype)
         arrays = (data, grad) if buf is None else (data, grad, buf)
+        if sgd_compiled.applies(arrays, group):
+            # One compiled pass, bitwise the blocks below; large arrays in contiguous
+            # ranges on foldconv's threads (each element's operations are the same
+            # whichever thread runs it).
+            n = data.size
+            tasks = max(1, min(active_threads(), -(-n // _BLOCK)))
+            per = -(-n // tasks)
+            if tasks == 1:
+                sgd_compiled.update(data, grad, buf, group, first, 0, n)
+            else:
+                parallel_map(
+                    lambda i: sgd_compiled.update(
+                        data, grad, buf, group, first, i * per, min(n, (i + 1) * per)
+                    ),
+                    range(tasks),
+                )
+            return
         if all(arr.flags.c_contiguous for arr in arrays) and data.size > _BLOCK:
             # Block by block: the update's five or six passes then run over blocks
             # that stay in cache, and only data, grad and the buffer travel to and
