@@ -6,9 +6,13 @@ Both frameworks get the same network, the same initial weights, the very same ba
 weight decay, cosine annealing per epoch). Printed: test accuracy after the last epoch and
 seconds per training epoch (evaluation excluded), median over the epochs.
 
-    python bench/train_lenet.py [--epochs 12] [--data-dir ../shared/data/mnist10k]
+    python bench/train_lenet.py [--rounds 3] [--epochs 12] [--data-dir ../shared/data/mnist10k]
 
-PyTorch runs with ``torch.set_num_threads(2)``. On a shared machine the timings are noisy.
+Each framework trains in a fresh process, in turn, ``--rounds`` times (foldconv first in
+odd rounds, PyTorch first in even ones, so that a drift of the machine's speed falls on
+both): the ratio is of the medians over every round's epochs, and each round's own ratio is
+shown too. PyTorch runs with ``torch.set_num_threads(2)``. On a shared machine the timings
+are noisy: a virtual machine's speed here moved by a third from one minute to the next.
 """
 
 from __future__ import annotations
@@ -124,48 +128,124 @@ def run_torch(args: argparse.Namespace, cfg: dict) -> dict:
     return {"test_accuracy": correct / n, "epoch_seconds": seconds}
 
 
+def _config(args: argparse.Namespace) -> dict:
+    """The trainer's configuration of this run (the recipe and the arguments given)."""
+    from foldconv.trainer.config import resolve_config
+
+    overrides = dict.fromkeys(
+        (
+            "momentum",
+            "weight_decay",
+            "optimizer",
+            "scheduler",
+            "augment",
+            "label_smoothing",
+        )
+    )
+    overrides.update(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg, _ = resolve_config("lenet5", "mnist", args.data_dir, overrides, None)
+    return cfg
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """One framework's run in this process; its result as JSON on the last line."""
+    import json
+    import tempfile
+
+    start = _busy_sample()
+    if args.worker == "ours":
+        with tempfile.TemporaryDirectory() as tmp:
+            r = run_ours(args, Path(args.out) if args.out else Path(tmp) / "run")
+    else:
+        r = run_torch(args, _config(args))
+    end = _busy_sample()
+    r["others"] = _others(start, end)
+    r.pop("config", None)
+    print(json.dumps(r), flush=True)
+    return 0
+
+
+def _run_worker(who: str, argv: list[str]) -> dict:
+    import json
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", who, *argv]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"train_lenet: the {who} run failed:\n{done.stderr[-3000:]}")
+    if done.stdout.strip() and "--verbose" in argv:
+        print("\n".join(done.stdout.strip().splitlines()[:-1]), flush=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    p.add_argument("--rounds", type=int, default=3, help="fresh-process runs of each framework")
     p.add_argument("--epochs", type=int, default=None, help="default: the trainer's recipe")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run directory for foldconv's run")
     p.add_argument("--verbose", action="store_true")
-    args = p.parse_args(argv)
+    p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    raw = sys.argv[1:] if argv is None else list(argv)
+    args = p.parse_args(raw)
     if not Path(args.data_dir).is_dir():
         print(f"train_lenet: error: data directory {args.data_dir} not found", file=sys.stderr)
         return 2
+    if args.rounds < 1:
+        p.error(f"--rounds: expected a positive count, got {args.rounds}")
+    if args.worker:
+        return _worker(args)
 
-    import tempfile
-
-    start = _busy_sample()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(args.out) if args.out else Path(tmp) / "run"
-        ours = run_ours(args, out)
-    between = _busy_sample()
-    theirs = run_torch(args, ours["config"])
-    end = _busy_sample()
-    others = [_others(a, b) for a, b in ((start, between), (between, end))]
-    cfg = ours["config"]
+    passed = [a for a in raw if not a.startswith("--rounds")]
+    if "--rounds" in raw:  # drop its value too
+        i = raw.index("--rounds")
+        passed = raw[:i] + raw[i + 2 :]
+    runs: dict[str, list[dict]] = {"ours": [], "torch": []}
+    for r in range(args.rounds):
+        order = ("ours", "torch") if r % 2 == 0 else ("torch", "ours")
+        for who in order:
+            runs[who].append(_run_worker(who, passed))
+    cfg = _config(args)
     print(
         f"LeNet-5 on {args.data_dir}: {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
         f"SGD lr {cfg['lr']} momentum {cfg['momentum']} wd {cfg['weight_decay']}, "
-        f"{cfg['scheduler']} schedule, augment={cfg['augment']}"
+        f"{cfg['scheduler']} schedule, augment={cfg['augment']}; {args.rounds} round(s), "
+        "each framework in a fresh process"
     )
-    print(f"{'':10} {'test accuracy':>14} {'s/epoch (median)':>17} {'s/epoch (min)':>14}")
-    for name, r in (("foldconv", ours), ("PyTorch", theirs)):
+    print(
+        f"{'':10} {'test accuracy':>14} {'s/epoch (median)':>17} {'s/epoch (min)':>14} "
+        f"{'round medians':>20}"
+    )
+    medians = {}
+    for name, who in (("foldconv", "ours"), ("PyTorch", "torch")):
+        epochs = [t for run in runs[who] for t in run["epoch_seconds"]]
+        medians[who] = statistics.median(epochs)
+        rounds = " / ".join(f"{statistics.median(run['epoch_seconds']):.2f}" for run in runs[who])
+        accuracy = runs[who][-1]["test_accuracy"]
         print(
-            f"{name:10} {100 * r['test_accuracy']:13.2f}% "
-            f"{statistics.median(r['epoch_seconds']):17.2f} {min(r['epoch_seconds']):14.2f}"
+            f"{name:10} {100 * accuracy:13.2f}% {medians[who]:17.2f} {min(epochs):14.2f} "
+            f"{rounds:>20}"
         )
-    ratio = statistics.median(ours["epoch_seconds"]) / statistics.median(theirs["epoch_seconds"])
-    print(f"foldconv / PyTorch time per epoch: {ratio:.2f}x")
+    ratio = medians["ours"] / medians["torch"]
+    per_round = [
+        statistics.median(a["epoch_seconds"]) / statistics.median(b["epoch_seconds"])
+        for a, b in zip(runs["ours"], runs["torch"], strict=True)
+    ]
+    print(
+        f"foldconv / PyTorch time per epoch: {ratio:.2f}x (rounds: "
+        + ", ".join(f"{x:.2f}x" for x in per_round)
+        + ")"
+    )
+    others = [run["others"] for who in ("ours", "torch") for run in runs[who]]
     if None not in others:
         print(
-            "cores' worth of CPU other processes used during foldconv's / PyTorch's run: "
-            f"{others[0]:.2f} / {others[1]:.2f}"
+            "cores' worth of CPU other processes used during foldconv's / PyTorch's runs: "
+            + " / ".join(
+                ", ".join(f"{run['others']:.2f}" for run in runs[who]) for who in ("ours", "torch")
+            )
         )
         if max(others) > 0.25:
             # PyTorch's threads stall beside other work far more than ours (BENCHMARKS.md,
