@@ -215,3 +215,31 @@ def test_valid_edge_cases_do_not_raise():
     assert fc.pad(z(1, 1, 3), ((3, 3),), mode="circular").shape == (1, 1, 9)
     # groups equal to the channels (depthwise) and a 1x1 kernel
     assert fc.conv(X, z(8, 1, 1, 1), groups=4).shape == (1, 8, 6, 6)
+
+
+def test_cached_geometries_still_reject_what_compares_equal():
+    # Geometries are cached by their arguments; True == 1 and 1.0 == 1, so a cached call
+    # with stride=1 must not let stride=True or 1.0 through.
+    x, w = np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3))
+    fc.conv2d(x, w, stride=1, padding=(1, 1))
+    for bad in (True, 1.0):
+        with pytest.raises(TypeError, match=r"^stride: expected an int"):
+            fc.conv2d(x, w, stride=bad, padding=(1, 1))
+    with pytest.raises(TypeError, match=r"^padding"):
+        fc.conv2d(x, w, stride=1, padding=(1, 1.0))
+
+
+def test_the_cost_models_cached_choice_follows_the_compiled_switch():
+    pytest.importorskip("numba")
+    import foldconv
+    from foldconv.functional import dispatch
+    from foldconv.functional._args import conv_geometry
+
+    g = conv_geometry((4, 6, 14, 14), (16, 6, 5, 5), 1, 0, 1, 1, "zeros")
+    assert dispatch.cost_model("forward", g, np.float32) == "direct_compiled"
+    was = foldconv.set_compiled(False)
+    try:
+        assert dispatch.cost_model("forward", g, np.float32) == "im2col"
+    finally:
+        foldconv.set_compiled(was)
+    assert dispatch.cost_model("forward", g, np.float32) == "direct_compiled"

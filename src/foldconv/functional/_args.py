@@ -263,12 +263,23 @@ _GEOMETRIES_MAX = 1024
 
 
 def _plain(v: Any) -> bool:
-    """An int, str or (nested) tuple of them, exactly: such arguments key the cache (a
-    bool, float or NumPy integer would compare equal to an int and skip validation)."""
+    """An int or str, or a tuple of them or of tuples of ints, exactly: such arguments key
+    the cache (a bool, float or NumPy integer would compare equal to an int and skip
+    validation). Two levels cover every form a convolution's arguments take."""
     t = type(v)
     if t is int or t is str:
         return True
-    return t is tuple and all(_plain(e) for e in v)
+    if t is not tuple:
+        return False
+    for e in v:
+        te = type(e)
+        if te is tuple:
+            for f in e:
+                if type(f) is not int:
+                    return False
+        elif te is not int and te is not str:
+            return False
+    return True
 
 
 def conv_geometry(
@@ -282,7 +293,7 @@ def conv_geometry(
 ) -> ConvGeometry:
     """Validate a convolution's arguments (x batched) and resolve its shapes."""
     key = (tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups, padding_mode)
-    plain = _plain(key)
+    plain = all(_plain(v) for v in key)
     if plain:
         g = _GEOMETRIES.get(key)
         if g is not None:

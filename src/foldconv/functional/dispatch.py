@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from foldconv._config import get_workspace_limit
 from foldconv.backend import get_array_module, gpu_path
 from foldconv.functional import (
     compiled,
@@ -234,7 +235,23 @@ def candidates(pass_: str, g: ConvGeometry, dtype: Any) -> list[str]:
     return [name for name, (ok, _) in _KERNELS[pass_].items() if name != "direct" and ok(g, dtype)]
 
 
+# cost_model's answers: they depend on the pass, geometry and dtype, the compiled switch
+# and the workspace limit, and asking again costs ~20 us a pass (LeNet-5: 5 a step).
+_COSTED: dict[tuple, str] = {}
+
+
 def cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
+    """The algorithm ``auto`` uses without the autotuner (see :func:`_cost_model`)."""
+    key = (pass_, g, np.dtype(dtype), compiled.get_compiled(), get_workspace_limit())
+    name = _COSTED.get(key)
+    if name is None:
+        if len(_COSTED) >= 1024:
+            _COSTED.clear()
+        name = _COSTED[key] = _cost_model(pass_, g, key[2])
+    return name
+
+
+def _cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
     """The algorithm ``auto`` uses without the autotuner.
 
     Rules from timing each kernel on the CPU suite and on a sweep of 3x3 layers, with
