@@ -22,8 +22,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import numpy as np
-
 from foldconv.functional import compiled
 
 
@@ -42,15 +40,10 @@ def applies(arrays: tuple[Any, ...], group: dict[str, Any]) -> bool:
 def _kernel() -> Any:
     @compiled.njit(nogil=True, boundscheck=False)
     def update(p, g, b, lr, mu, keep, wd, flags, i0, i1):  # pragma: no cover - compiled
-        # flags: maximize, weight decay, momentum, first step, dampening, Nesterov
-        maximize, decay, momentum, first, damp, nesterov = (
-            flags[0],
-            flags[1],
-            flags[2],
-            flags[3],
-            flags[4],
-            flags[5],
-        )
+        # flags, bit by bit: maximize, weight decay, momentum, first step, dampening,
+        # Nesterov (one int: no array to build per call)
+        maximize, decay, momentum = flags & 1 != 0, flags & 2 != 0, flags & 4 != 0
+        first, damp, nesterov = flags & 8 != 0, flags & 16 != 0, flags & 32 != 0
         # Views indexed by the loop counter (see functional/activation_compiled.py).
         ps, gs = p[i0:i1], g[i0:i1]
         bs = b[i0:i1] if momentum else b[0:0]
@@ -77,15 +70,13 @@ def update(data: Any, grad: Any, buf: Any, group: dict[str, Any], first: bool, i
     buffer, or None), in place."""
     t = data.dtype.type
     momentum, dampening, weight_decay = group["momentum"], group["dampening"], group["weight_decay"]
-    flags = np.array(
-        [
-            bool(group["maximize"]),
-            weight_decay != 0,
-            momentum != 0,
-            bool(first),
-            dampening != 0,
-            bool(group["nesterov"]),
-        ]
+    flags = (
+        bool(group["maximize"])
+        | (weight_decay != 0) << 1
+        | (momentum != 0) << 2
+        | bool(first) << 3
+        | (dampening != 0) << 4
+        | bool(group["nesterov"]) << 5
     )
     b = data.reshape(-1)[:0] if buf is None else buf.reshape(-1)
     _kernel()(
