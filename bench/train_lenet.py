@@ -180,14 +180,26 @@ def _run_worker(who: str, argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=str(DEFAULT_DATA))
-    p.add_argument("--rounds", type=int, default=3, help="fresh-process runs of each framework")
+    p.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_DATA),
+        help=f"the MNIST files (default: {DEFAULT_DATA}, beside the repository)",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=3, help="fresh-process runs of each framework (default: 3)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="default: the trainer's recipe")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="run directory for foldconv's run")
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the trainer's recipe")
+    p.add_argument("--lr", type=float, default=None, help="default: the trainer's recipe")
+    p.add_argument(
+        "--seed", type=int, default=0, help="data order, augmentation and weights (default: 0)"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="keep foldconv's run directory here (default: a temporary one, deleted after)",
+    )
+    p.add_argument("--verbose", action="store_true", help="print every epoch of both runs")
     p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     raw = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(raw)
@@ -230,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{rounds:>20}"
         )
     ratio = medians["ours"] / medians["torch"]
+    others = [run["others"] for who in ("ours", "torch") for run in runs[who]]
+    busy = None not in others and max(others) > 0.25
     per_round = [
         statistics.median(a["epoch_seconds"]) / statistics.median(b["epoch_seconds"])
         for a, b in zip(runs["ours"], runs["torch"], strict=True)
@@ -238,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         f"foldconv / PyTorch time per epoch: {ratio:.2f}x (rounds: "
         + ", ".join(f"{x:.2f}x" for x in per_round)
         + ")"
+        + (" -- NOT an idle comparison, see below" if busy else "")
     )
-    others = [run["others"] for who in ("ours", "torch") for run in runs[who]]
     if None not in others:
         print(
             "cores' worth of CPU other processes used during foldconv's / PyTorch's runs: "

@@ -45,3 +45,19 @@ def test_takes_only_float_numpy_arrays_with_the_switch_on():
         assert not compiled.takes(a32) and not foldconv.get_compiled()
     finally:
         foldconv.set_compiled(previous)
+
+
+@pytest.mark.parametrize("value, expected", [("0", "False"), ("off", "False"), ("1", "True")])
+def test_the_environment_sets_the_switch_at_import(value, expected):
+    # FOLDCONV_COMPILED=0 lets a command-line run take the NumPy path (it has no flag).
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("numba")
+    code = "from foldconv.functional import compiled; print(compiled.get_compiled())"
+    env = dict(os.environ, FOLDCONV_COMPILED=value)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == expected

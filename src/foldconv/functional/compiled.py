@@ -2,21 +2,28 @@
 
 Compiled kernels exist where NumPy's per-call passes cost more than the arithmetic:
 depthwise convolutions (functional/depthwise_compiled.py), col2im on the flat grid
-(functional/flat_compiled.py), LRN (functional/lrn_compiled.py), and the direct sums of
-small stride-1 convolutions (functional/direct_compiled.py, algorithm 'direct_compiled').
-Each has a NumPy twin that runs when Numba is absent or the switch is off (for
-'direct_compiled', im2col), and the tests run both.
+(functional/flat_compiled.py), LRN (functional/lrn_compiled.py), max pooling
+(functional/pooling_compiled.py), ReLU (functional/activation_compiled.py), SGD's update
+(optim/sgd_compiled.py), and the direct sums of small stride-1 convolutions
+(functional/direct_compiled.py, algorithm 'direct_compiled'). Each has a NumPy twin that
+runs when Numba is absent or the switch is off (for 'direct_compiled', im2col), and the
+tests run both.
+
+The switch starts on, or off where the environment sets ``FOLDCONV_COMPILED=0`` when
+foldconv is imported (so that a command-line run can take the NumPy path too).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from functools import cache
 from typing import Any
 
 import numpy as np
 
-_enabled = True
+ENV_VAR = "FOLDCONV_COMPILED"
+_enabled = os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 @cache
