@@ -474,3 +474,45 @@ def test_norm_layers_without_bias_match_torch(cls, args):
     assert rel_err(ours(x), yt.detach().numpy()) <= TOL
     assert rel_err(ours.backward(g), xt.grad.numpy()) <= TOL
     assert rel_err(ours.weight.grad, theirs.weight.grad.numpy()) <= TOL
+
+
+@pytest.mark.parametrize("compiled_on", [True, False])
+@pytest.mark.parametrize(
+    "kernel, stride, shape",
+    [(2, 2, (2, 3, 8, 6)), (3, 2, (2, 3, 9, 9)), ((2, 3), (2, 3), (1, 2, 6, 9))],
+    ids=["disjoint 2x2", "overlapping 3x3/2", "disjoint 2x3"],
+)
+def test_max_pool_backward_sends_non_finite_gradients_to_the_winner_only(
+    compiled_on, kernel, stride, shape
+):
+    # PyTorch scatter-adds dy into zeros: a NaN or inf dy lands on its window's winning
+    # input and nowhere else, the other inputs get +0.0 (not dy * 0), and a -0.0 dy
+    # arrives as 0.0 + -0.0 = +0.0.
+    torch = pytest.importorskip("torch")
+    import foldconv
+
+    if compiled_on:
+        pytest.importorskip("numba")
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(shape).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, kernel, stride)
+    dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    flat = dy.reshape(-1)
+    flat[::5] = np.nan
+    flat[1::7] = np.inf
+    flat[2::11] = -np.inf
+    flat[3::13] = -0.0
+    yt.backward(torch.tensor(dy))
+    was = foldconv.set_compiled(compiled_on)
+    try:
+        layer = nn.MaxPool2d(kernel, stride)
+        layer(x)
+        dx = layer.backward(dy)
+    finally:
+        foldconv.set_compiled(was)
+    ref = xt.grad.numpy()
+    assert np.array_equal(np.isnan(dx), np.isnan(ref))
+    finite = ~np.isnan(ref)
+    assert np.array_equal(dx[finite], ref[finite])
+    assert np.array_equal(np.signbit(dx[finite]), np.signbit(ref[finite]))  # -0.0 too

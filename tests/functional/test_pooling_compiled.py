@@ -52,8 +52,8 @@ def _awkward(rng, shape, dtype, nan: bool = False) -> np.ndarray:
 
 
 def _grad(rng, shape, dtype) -> np.ndarray:
-    """dy with negative values, signed zeros and non-finite entries, whose products with
-    0 (the NumPy path's dy * [argmax == t]) are -0.0 or NaN."""
+    """dy with negative values, signed zeros and non-finite entries (which must reach
+    their window's winner only)."""
     g = rng.standard_normal(shape).astype(dtype)
     u = rng.random(shape)
     g[u < 0.05] = -0.0

@@ -559,8 +559,9 @@ def max_pool_backward(
     -----
     Deterministic. On NumPy, overlapping windows are scattered with one ``np.bincount``
     per group of planes (float64 sums, in output order); otherwise a loop over the kernel
-    taps adds ``dy * [argmax == t]`` into tap ``t``'s strided view, which for a fixed tap
-    never hits an input position twice. The compiled kernels (float32/float64, Numba
+    taps adds ``dy`` where ``argmax == t`` (and nothing elsewhere: a NaN or inf ``dy``
+    reaches its window's winner only, as in PyTorch) into tap ``t``'s strided view, which
+    for a fixed tap never hits an input position twice. The compiled kernels (float32/float64, Numba
     installed) do the same sums per plane, bit for bit. Winning-tap indices outside
     ``[0, prod(kernel_size))`` are a ValueError. On the GPU one kernel gathers instead: a thread
     per input element sums, in output order and in float64, the ``dy`` of the windows
@@ -631,9 +632,13 @@ def max_pool_backward(
             for t, v in _tap_views(gin[blk], out_shape, kernel, stride_t, dil):
                 xp.equal(ab, t, out=hit)
                 if disjoint:  # no other tap or window writes these positions
-                    xp.multiply(gb, hit, out=v)
+                    # 0 + dy at the winners (PyTorch's scatter-add into zeros), the
+                    # zeros elsewhere kept: not dy * 0, which would leave NaN or -0.0
+                    # where dy is not finite or negative
+                    xp.add(v, gb, out=v, where=hit)
                 else:
-                    xp.multiply(gb, hit, out=scratch)
+                    scratch[...] = 0
+                    xp.add(scratch, gb, out=scratch, where=hit)
                     v += scratch
         gin = gin.reshape(full_in[:2] + padded)
     gin = _crop(gin, pads, in_shape).astype(grad_output.dtype, copy=False)

@@ -17,9 +17,10 @@ Every result is the NumPy path's to the last bit, signed zeros and NaN included:
 - with indices requested and a NaN anywhere in the output, the NumPy path starts again
   with PyTorch's rule (``v > m or isnan(v)`` takes ``v`` and its tap: the last NaN wins)
   for every window, and so do the kernels;
-- the backward of disjoint windows writes ``dy * 1`` at each window's winning tap and
-  ``dy * 0`` at its other taps (so ``-0.0`` or NaN where ``dy`` is negative or not
-  finite), as the NumPy path's ``dy * (argmax == t)``; that of overlapping windows sums
+- the backward of disjoint windows writes ``0.0 + dy`` at each window's winning tap and
+  ``0.0`` at its other taps, as PyTorch's scatter-add into zeros does (a NaN or inf ``dy``
+  reaches the winner only; ``-0.0`` arrives as ``0.0``) and as the NumPy path's
+  ``add(v, dy, where=argmax == t)`` into zeros; that of overlapping windows sums
   each input element's winning ``dy`` in float64, starting from ``0.0``, in output
   order (as ``np.bincount``), then rounds once.
 
@@ -185,8 +186,8 @@ def _kernels() -> dict[str, Any]:
                                     for tw in range(kw):
                                         hit = a == (td * kh + th) * kw + tw
                                         i_d, i_h = od * sd + td * dd, oh * sh + th * dh
-                                        dx[p, i_d, i_h, ow * sw + tw * dw] = gv * (
-                                            one if hit else zero
+                                        dx[p, i_d, i_h, ow * sw + tw * dw] = (
+                                            (zero + gv) if hit else zero
                                         )
             return
         for p in range(p0, p1):
@@ -220,7 +221,7 @@ def _kernels() -> dict[str, Any]:
                                         if checked and (i_w < 0 or i_w >= w_n):
                                             continue
                                         hit = a == t0 + tw
-                                        dx[p, i_d, i_h, i_w] = gv * (one if hit else zero)
+                                        dx[p, i_d, i_h, i_w] = (zero + gv) if hit else zero
 
     @inline
     def all_inside(in_shape, out_shape, k, geo):  # pragma: no cover - compiled
