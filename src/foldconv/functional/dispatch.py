@@ -53,7 +53,10 @@ from foldconv.functional.direct import (
     conv_weight_grad_direct,
 )
 from foldconv.functional.padding import apply_pad, pad_adjoint
-from foldconv.functional.threads import gemm_ready
+from foldconv.functional.threads import gemm_ready, ready
+
+# Algorithms whose kernels call no BLAS.
+_NO_GEMM = frozenset({"direct", "depthwise", "direct_compiled"})
 
 PASSES = ("forward", "input_grad", "weight_grad")
 
@@ -343,13 +346,18 @@ def _autotune(pass_: str, g: ConvGeometry, dtype: Any, xp: Any, args: tuple) -> 
 def select(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str, xp: Any, args: tuple) -> str:
     """The algorithm that will run ``pass_`` for ``algorithm`` ('auto' or a name)."""
     # The thread budget reaches BLAS before the first GEMM; a small pass runs its GEMMs
-    # on one BLAS thread (threads.SMALL_GEMM_MACS).
-    gemm_ready(_macs(g))
-    if algorithm == "auto":
-        if _benchmark:
-            return _autotune(pass_, g, dtype, xp, args)
-        return cost_model(pass_, g, dtype)
-    return check_algorithm(pass_, g, dtype, algorithm)
+    # on one BLAS thread (threads.SMALL_GEMM_MACS). Kernels without a GEMM leave BLAS as
+    # it is (its thread count also decides whether foldconv's idle workers poll).
+    if algorithm == "auto" and _benchmark:
+        gemm_ready(_macs(g))
+        return _autotune(pass_, g, dtype, xp, args)
+    name = cost_model(pass_, g, dtype) if algorithm == "auto" else None
+    name = name or check_algorithm(pass_, g, dtype, algorithm)
+    if name in _NO_GEMM:
+        ready()
+    else:
+        gemm_ready(_macs(g))
+    return name
 
 
 def _macs(g: ConvGeometry) -> int:
@@ -385,7 +393,7 @@ def _pads_itself(pass_: str, algorithm: str, g: ConvGeometry, *args: Any, bias: 
     ``bias`` (forward only) is added by the kernel where it can, else here."""
     if g.padding_mode != "zeros" or (algorithm == "auto" and _benchmark) or g.batch == 0:
         return None
-    gemm_ready(_macs(g))  # as select() does: the thread budget is looked at here too
+    ready()  # the thread budget is looked at here too; these kernels call no BLAS
     name = cost_model(pass_, g, args[0].dtype) if algorithm == "auto" else algorithm
     if name == "direct_compiled":
         if not (direct_compiled.applies(g, *args) and direct_compiled.pads_itself(g)):

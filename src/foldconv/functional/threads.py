@@ -20,8 +20,9 @@ for a while after each multithreaded call, holding cores the pool then wants; GE
 small to gain from threads therefore run on one BLAS thread (:func:`gemm_ready`).
 
 The caller of :func:`parallel_map` takes a share of the work itself, so the pool holds
-``n - 1`` workers and a parallel region runs exactly ``n`` threads. Idle workers block in
-``queue.SimpleQueue.get`` (a lock wait in the kernel): they do not spin and cost no CPU.
+``n - 1`` workers and a parallel region runs exactly ``n`` threads. A worker that finished
+a task polls for the next one for up to a millisecond, yielding its core at every turn,
+then blocks in a condition wait (functional/pool.py): an idle process costs no CPU.
 
 BLAS is always capped: a BLAS with more threads than the budget is the oversubscription
 the budget exists to prevent. A user who wants more threads raises the budget itself
@@ -45,7 +46,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 ENV_VAR = "FOLDCONV_NUM_THREADS"
@@ -89,7 +89,7 @@ _adaptive = os.environ.get("FOLDCONV_ADAPTIVE_THREADS", "1").strip() not in ("0"
 _next_check = 0.0  # time.monotonic() of the next look at the machine (0: at once)
 _numba_applied = 0  # the thread count Numba was last given (0: none yet)
 _controller: Any = None  # threadpoolctl's view of the loaded BLAS libraries
-_pool: ThreadPoolExecutor | None = None
+_pool: Any = None  # foldconv.functional.pool.Pool, started at the first parallel region
 
 
 def _forget_pool_after_fork() -> None:
@@ -133,7 +133,7 @@ def set_num_threads(n: int | None) -> int:
     _requested = _from_env() if n is None else _check(n, "n")
     _num_threads = _requested or available_cores()
     if _pool is not None:
-        _pool.shutdown(wait=True)
+        _pool.shutdown()
         _pool = None
     _controller = None  # look again for BLAS libraries loaded since
     _active = _num_threads
@@ -313,7 +313,10 @@ def gemm_ready(macs: int) -> None:
     then BLAS gets one thread for a small product (below ``SMALL_GEMM_MACS``) and the
     threads in use otherwise. The choice depends on the size only, never on the load."""
     ready()
-    _set_blas(1 if macs < SMALL_GEMM_MACS else _active)
+    threads = 1 if macs < SMALL_GEMM_MACS else _active
+    if threads > 1 and _pool is not None:
+        _pool_module().hush()  # the pool's idle workers leave the cores to OpenBLAS
+    _set_blas(threads)
 
 
 def set_numba_threads(n: int) -> None:
@@ -350,10 +353,18 @@ def ready() -> None:
         set_numba_threads(_active)  # Numba imported since, by foldconv or the user
 
 
-def _get_pool() -> ThreadPoolExecutor:
+def _pool_module() -> Any:
+    from foldconv.functional import pool  # noqa: PLC0415
+
+    return pool
+
+
+def _get_pool() -> Any:
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(_num_threads - 1, thread_name_prefix="foldconv")
+        from foldconv.functional.pool import Pool  # noqa: PLC0415
+
+        _pool = Pool(_num_threads - 1)
     return _pool
 
 
@@ -372,13 +383,11 @@ def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         while (i := next(counter)) < len(items):
             results[i] = fn(items[i])
 
-    helpers = [_get_pool().submit(drain) for _ in range(threads - 1)]
-    try:
+    # The workers poll for a while before they sleep, and so does this thread while it
+    # waits for them (functional/pool.py): a hand-over to a sleeping thread cost ~50 us.
+    # A region inside another (nested, or from another thread) runs on its caller alone.
+    # The workers poll only while BLAS runs on one thread: beside OpenBLAS's threads a
+    # polling worker takes a core a GEMM needs.
+    if not _get_pool().run(drain, threads - 1, poll=_blas_threads <= 1):
         drain()
-    finally:
-        for h in helpers:
-            # A helper that never started has nothing left to do (and must not be waited
-            # for: its workers may be the callers of a nested parallel_map).
-            if not h.cancel():
-                h.result()
     return results
