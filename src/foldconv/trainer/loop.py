@@ -666,13 +666,26 @@ class _Run:
             if getattr(self, "_unsync_bn", None) is not None:
                 self._unsync_bn()
 
+    def _snapshot_targets(self) -> None:
+        """What a step's snapshot copies: the model's random generators and buffers, found
+        once an epoch (walking the modules every step cost ~0.08 ms, 2% of a LeNet-5 step)."""
+        self._gens = _generators(self.model)
+        self._buffer_slots = [
+            (m, name) for _, m in self.model.named_modules() for name in m._buffers
+        ]
+
     def _snapshot(self) -> tuple[dict[str, Any], list[tuple[Module, str, Any]]]:
-        rng = _rng_states(self.model)
+        from foldconv.nn import init  # noqa: PLC0415
+
+        if not hasattr(self, "_gens"):
+            self._snapshot_targets()
+        states = {name: g.bit_generator.state for name, g in self._gens.items()}
+        rng = {"model": states, "global": init._global_rng.bit_generator.state}
         buffers = []
-        for _, m in self.model.named_modules():
-            for name, b in m._buffers.items():
-                if b is not None:
-                    buffers.append((m, name, b.copy()))
+        for m, name in self._buffer_slots:
+            b = m._buffers.get(name)
+            if b is not None:
+                buffers.append((m, name, b.copy()))
         return rng, buffers
 
     @staticmethod
@@ -694,6 +707,7 @@ class _Run:
             while self.epoch < cfg["epochs"]:
                 e = self.epoch
                 model.train()
+                self._snapshot_targets()
                 bar = tqdm(
                     total=n_batches,
                     initial=self.batch,
