@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -325,3 +326,38 @@ def test_small_gemms_run_on_one_blas_thread():
     # A budget set afterwards reaches BLAS at once, whatever the last GEMM was.
     foldconv.set_num_threads(2)
     assert all(t == 2 for t in _blas_threads())
+
+
+def test_workers_do_not_keep_a_finished_region_alive():
+    # A worker that kept its last task would keep the task's arrays (a padded input,
+    # say) alive until the next region.
+    import gc
+    import weakref
+
+    foldconv.set_num_threads(2)
+
+    class Big:
+        pass
+
+    big = Big()
+    ref = weakref.ref(big)
+    parallel_map(lambda i, big=big: i, range(8))
+    del big
+    gc.collect()
+    assert ref() is None
+
+
+def test_workers_poll_only_briefly_and_not_beside_multithreaded_blas():
+    # After a region, idle workers poll for at most ~1 ms, then block: no CPU after that.
+    foldconv.set_num_threads(2)
+    from foldconv.functional import pool
+
+    parallel_map(lambda i: i, range(4))
+    threading.Event().wait(0.05)
+    before = time.process_time()
+    threading.Event().wait(0.3)
+    assert time.process_time() - before < 0.02
+    pool.hush()  # what a multithreaded GEMM does first
+    assert pool._hushed[0] == 1
+    parallel_map(lambda i: i, range(4))  # a region on one-thread BLAS clears it
+    assert pool._hushed[0] == (0 if threads._blas_threads <= 1 else 1)
