@@ -361,3 +361,12 @@ def test_workers_poll_only_briefly_and_not_beside_multithreaded_blas():
     assert pool._hushed[0] == 1
     parallel_map(lambda i: i, range(4))  # a region on one-thread BLAS clears it
     assert pool._hushed[0] == (0 if threads._blas_threads <= 1 else 1)
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "nan"])
+def test_a_bad_spin_setting_is_a_clear_error(value):
+    code = "from foldconv.functional import pool"
+    env = dict(os.environ, FOLDCONV_POOL_SPIN_US=value)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "ValueError: FOLDCONV_POOL_SPIN_US: expected microseconds" in out.stderr

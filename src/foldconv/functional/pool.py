@@ -47,7 +47,20 @@ def hush() -> None:
     _hushed[0] = 1
 
 
-SPIN_SECONDS = max(0.0, float(os.environ.get("FOLDCONV_POOL_SPIN_US", "1000")) * 1e-6)
+def _spin_seconds_from_env() -> float:
+    value = os.environ.get("FOLDCONV_POOL_SPIN_US", "1000").strip()
+    try:
+        us = float(value)
+    except ValueError:
+        raise ValueError(
+            f"FOLDCONV_POOL_SPIN_US: expected microseconds (a number >= 0), got {value!r}"
+        ) from None
+    if not us >= 0:
+        raise ValueError(f"FOLDCONV_POOL_SPIN_US: expected microseconds >= 0, got {value!r}")
+    return us * 1e-6
+
+
+SPIN_SECONDS = _spin_seconds_from_env()
 
 
 @functools.cache
