@@ -370,3 +370,27 @@ def test_a_bad_spin_setting_is_a_clear_error(value):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode != 0
     assert "ValueError: FOLDCONV_POOL_SPIN_US: expected microseconds" in out.stderr
+
+
+def test_threads_starting_regions_together_start_one_pool():
+    # Found in a fresh-user trial: _get_pool had no lock, and threads arriving together
+    # each built a pool (three 'foldconv_0' threads), leaving the extra ones behind.
+    code = """
+import threading
+import foldconv
+from foldconv.functional.threads import parallel_map
+foldconv.set_num_threads(2)
+barrier = threading.Barrier(8)
+def go():
+    barrier.wait()
+    parallel_map(lambda i: i, range(4))
+ts = [threading.Thread(target=go) for _ in range(8)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print(sorted(t.name for t in threading.enumerate() if t.name.startswith("foldconv")))
+"""
+    for _ in range(3):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == "['foldconv_0']"

@@ -44,6 +44,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -90,14 +91,16 @@ _next_check = 0.0  # time.monotonic() of the next look at the machine (0: at onc
 _numba_applied = 0  # the thread count Numba was last given (0: none yet)
 _controller: Any = None  # threadpoolctl's view of the loaded BLAS libraries
 _pool: Any = None  # foldconv.functional.pool.Pool, started at the first parallel region
+_pool_lock = threading.Lock()  # one pool, even when several threads start regions at once
 
 
 def _forget_pool_after_fork() -> None:
     # A forked child inherits the pool object but not its threads: start a new one. Its
     # affinity may differ too, so an automatic budget is worked out again.
     global _pool, _num_threads, _active, _next_check, _controller, _numba_applied, _last
-    global _blas_threads
+    global _blas_threads, _pool_lock
     _pool = None
+    _pool_lock = threading.Lock()  # (a thread of the parent may have held it)
     _blas_threads = 0
     _last = None  # the child's CPU clock starts again at zero
     _controller = None
@@ -132,9 +135,10 @@ def set_num_threads(n: int | None) -> int:
     previous = _num_threads
     _requested = _from_env() if n is None else _check(n, "n")
     _num_threads = _requested or available_cores()
-    if _pool is not None:
-        _pool.shutdown()
-        _pool = None
+    with _pool_lock:
+        if _pool is not None:
+            _pool.shutdown()
+            _pool = None
     _controller = None  # look again for BLAS libraries loaded since
     _active = _num_threads
     _refresh(wait=False)
@@ -361,11 +365,15 @@ def _pool_module() -> Any:
 
 def _get_pool() -> Any:
     global _pool
-    if _pool is None:
-        from foldconv.functional.pool import Pool  # noqa: PLC0415
+    pool = _pool
+    if pool is None:
+        with _pool_lock:
+            if _pool is None:
+                from foldconv.functional.pool import Pool  # noqa: PLC0415
 
-        _pool = Pool(_num_threads - 1)
-    return _pool
+                _pool = Pool(_num_threads - 1)
+            pool = _pool
+    return pool
 
 
 def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
