@@ -85,9 +85,7 @@ def _prepare(x: Any, weight: Any, bias: Any = None, grad_output: Any = None):
 def _finish(y: Any, bias: Any, dtype: Any, unbatched: bool) -> Any:
     """Add the bias per output channel (eq. F's + b), cast back to the input's dtype
     (float16 is computed in float32) and drop the batch axis of unbatched input."""
-    if bias is not None:
-        y += bias.astype(y.dtype, copy=False).reshape((1, -1) + (1,) * (y.ndim - 2))
-    y = y.astype(dtype, copy=False)
+    y = dispatch.add_bias(y, bias).astype(dtype, copy=False)
     return y[0] if unbatched else y
 
 

@@ -351,8 +351,10 @@ def select(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str, xp: Any, arg
     if algorithm == "auto" and _benchmark:
         gemm_ready(_macs(g))
         return _autotune(pass_, g, dtype, xp, args)
-    name = cost_model(pass_, g, dtype) if algorithm == "auto" else None
-    name = name or check_algorithm(pass_, g, dtype, algorithm)
+    if algorithm == "auto":
+        name = cost_model(pass_, g, dtype)
+    else:
+        name = check_algorithm(pass_, g, dtype, algorithm)
     if name in _NO_GEMM:
         ready()
     else:
@@ -408,10 +410,10 @@ def _pads_itself(pass_: str, algorithm: str, g: ConvGeometry, *args: Any, bias: 
     if not depthwise_compiled.applies(g, *args):
         return None
     y = getattr(depthwise_compiled, pass_)(*args, g, padded=False)
-    return _add_bias(y, bias) if pass_ == "forward" else y
+    return add_bias(y, bias) if pass_ == "forward" else y
 
 
-def _add_bias(y: Any, bias: Any) -> Any:
+def add_bias(y: Any, bias: Any) -> Any:
     """y += b per output channel (eq. F's + b), after the sum."""
     if bias is not None:
         y += bias.astype(y.dtype, copy=False).reshape((1, -1) + (1,) * (y.ndim - 2))
@@ -424,11 +426,11 @@ def forward_unpadded(algorithm: str, g: ConvGeometry, x: Any, w: Any, bias: Any 
     if gpu_path(get_array_module(x, w)):
         from foldconv.cuda import conv as gpu_conv  # noqa: PLC0415
 
-        return _add_bias(gpu_conv.forward(algorithm, g, x, w), bias)
+        return add_bias(gpu_conv.forward(algorithm, g, x, w), bias)
     y = _pads_itself("forward", algorithm, g, x, w, bias=bias)
     if y is None:
         y = run("forward", algorithm, g, apply_pad(x, g.pads, g.padding_mode), w)
-        y = _add_bias(y, bias)
+        y = add_bias(y, bias)
     return y
 
 

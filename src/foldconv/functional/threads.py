@@ -49,6 +49,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from foldconv.functional import pool as worker_pool
+
 ENV_VAR = "FOLDCONV_NUM_THREADS"
 
 
@@ -319,7 +321,7 @@ def gemm_ready(macs: int) -> None:
     ready()
     threads = 1 if macs < SMALL_GEMM_MACS else _active
     if threads > 1 and _pool is not None:
-        _pool_module().hush()  # the pool's idle workers leave the cores to OpenBLAS
+        worker_pool.hush()  # the pool's idle workers leave the cores to OpenBLAS
     _set_blas(threads)
 
 
@@ -357,21 +359,13 @@ def ready() -> None:
         set_numba_threads(_active)  # Numba imported since, by foldconv or the user
 
 
-def _pool_module() -> Any:
-    from foldconv.functional import pool  # noqa: PLC0415
-
-    return pool
-
-
 def _get_pool() -> Any:
     global _pool
     pool = _pool
     if pool is None:
         with _pool_lock:
             if _pool is None:
-                from foldconv.functional.pool import Pool  # noqa: PLC0415
-
-                _pool = Pool(_num_threads - 1)
+                _pool = worker_pool.Pool(_num_threads - 1)
             pool = _pool
     return pool
 

@@ -91,10 +91,13 @@ def _generators(model: Module) -> dict[str, np.random.Generator]:
     return found
 
 
-def _rng_states(model: Module) -> dict[str, Any]:
+def _rng_states(model: Module, generators: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The states of the model's generators (``generators``: those of _generators(model),
+    found already) and of foldconv's global one."""
     from foldconv.nn import init  # noqa: PLC0415
 
-    states = {name: g.bit_generator.state for name, g in _generators(model).items()}
+    gens = _generators(model) if generators is None else generators
+    states = {name: g.bit_generator.state for name, g in gens.items()}
     return {"model": states, "global": init._global_rng.bit_generator.state}
 
 

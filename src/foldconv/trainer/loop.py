@@ -675,12 +675,9 @@ class _Run:
         ]
 
     def _snapshot(self) -> tuple[dict[str, Any], list[tuple[Module, str, Any]]]:
-        from foldconv.nn import init  # noqa: PLC0415
-
         if not hasattr(self, "_gens"):
             self._snapshot_targets()
-        states = {name: g.bit_generator.state for name, g in self._gens.items()}
-        rng = {"model": states, "global": init._global_rng.bit_generator.state}
+        rng = _rng_states(self.model, self._gens)
         buffers = []
         for m, name in self._buffer_slots:
             b = m._buffers.get(name)
