@@ -236,10 +236,13 @@ def test_the_cost_models_cached_choice_follows_the_compiled_switch():
     from foldconv.functional._args import conv_geometry
 
     g = conv_geometry((4, 6, 14, 14), (16, 6, 5, 5), 1, 0, 1, 1, "zeros")
-    assert dispatch.cost_model("forward", g, np.float32) == "direct_compiled"
+    assert dispatch.cost_model("input_grad", g, np.float32) == "im2col_compiled"
+    assert dispatch.cost_model("weight_grad", g, np.float32) == "direct_compiled"
     was = foldconv.set_compiled(False)
     try:
-        assert dispatch.cost_model("forward", g, np.float32) == "im2col"
+        assert dispatch.cost_model("input_grad", g, np.float32) == "im2col"
+        assert dispatch.cost_model("weight_grad", g, np.float32) == "im2col"
     finally:
         foldconv.set_compiled(was)
-    assert dispatch.cost_model("forward", g, np.float32) == "direct_compiled"
+    assert dispatch.cost_model("input_grad", g, np.float32) == "im2col_compiled"
+    assert dispatch.cost_model("weight_grad", g, np.float32) == "direct_compiled"

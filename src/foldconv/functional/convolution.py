@@ -39,7 +39,15 @@ from foldconv.functional._args import (
 )
 from foldconv.functional.padding import apply_pad
 
-ALGORITHMS = ("auto", "direct", "im2col", "winograd", "depthwise", "direct_compiled")
+ALGORITHMS = (
+    "auto",
+    "direct",
+    "im2col",
+    "winograd",
+    "depthwise",
+    "direct_compiled",
+    "im2col_compiled",
+)
 BACKWARD_ALGORITHMS = ALGORITHMS + ("full_conv",)
 
 
@@ -123,12 +131,15 @@ def conv(
         Input and output channels are split into this many independent groups
         (groups == C_in: depthwise).
     padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}
-    algorithm : {'auto', 'direct', 'im2col', 'winograd', 'depthwise', 'direct_compiled'}
+    algorithm : {'auto', 'direct', 'im2col', 'winograd', 'depthwise', 'direct_compiled',
+        'im2col_compiled'}
         'direct' runs the seed's summation formula (slow; a reference); 'im2col' the
         unfold + GEMM form; 'winograd' F(2x2, 3x3) for 2-d 3x3 stride-1 layers;
         'depthwise' direct per-tap passes for groups == C_in; 'direct_compiled' the
         seed's sums compiled with Numba, for stride-1 layers (fast where channels are
-        few); 'auto' picks (see :mod:`foldconv.functional.dispatch`).
+        few); 'im2col_compiled' unfold + GEMM with the unfold and fold compiled (Numba),
+        a block of samples at a time (fast for small layers); 'auto' picks (see
+        :mod:`foldconv.functional.dispatch`).
 
     Returns
     -------
@@ -169,7 +180,7 @@ def conv_backward(
     x, weight, stride, padding, dilation, groups, padding_mode
         As given to :func:`conv`.
     algorithm : {'auto', 'direct', 'im2col', 'full_conv', 'winograd', 'depthwise',
-        'direct_compiled'}
+        'direct_compiled', 'im2col_compiled'}
         'im2col': dX by col2im of W̃ᵀ·δ (eq. BX); 'full_conv': dX as the full convolution
         of δ with the flipped kernel (eq. BX'); both use eq. BW for dW. 'winograd': dX as
         a Winograd full convolution, dW by eq. BW. 'direct': the seed's sums.
@@ -233,7 +244,8 @@ def conv_transpose(
     padding : int, tuple of int or tuple of (low, high) pairs
         Removed from the output: the padding of the convolution this is the transpose of.
     groups : int
-    algorithm : {'auto', 'direct', 'im2col', 'winograd', 'depthwise', 'direct_compiled'}
+    algorithm : {'auto', 'direct', 'im2col', 'winograd', 'depthwise', 'direct_compiled',
+        'im2col_compiled'}
 
     Returns
     -------

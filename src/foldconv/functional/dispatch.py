@@ -13,7 +13,10 @@ Passes: ``forward`` (eq. F), ``input_grad`` (eq. BX / BX') and ``weight_grad``
 - ``depthwise``: direct per-tap passes for groups == C_in;
 - ``direct_compiled``: the seed's sums compiled (Numba) on the flat range, for stride-1
   layers with few channels (LeNet-5's), where im2col's skinny GEMMs and columns cost more
-  than the arithmetic (:mod:`foldconv.functional.direct_compiled`).
+  than the arithmetic (:mod:`foldconv.functional.direct_compiled`);
+- ``im2col_compiled``: unfold + GEMM with the unfold and fold compiled (Numba), one
+  block of samples at a time over foldconv's pool, BLAS on one thread under each (every
+  geometry; :mod:`foldconv.functional.im2col_compiled`).
 
 On the GPU (CuPy arrays, :func:`foldconv.backend.gpu_path`) every pass goes to
 :mod:`foldconv.cuda.conv` instead: numba-cuda im2col / col2im-gather kernels with
@@ -44,6 +47,7 @@ from foldconv.functional import (
     depthwise_compiled,
     direct_compiled,
     im2col,
+    im2col_compiled,
     winograd,
 )
 from foldconv.functional._args import ConvGeometry
@@ -57,6 +61,9 @@ from foldconv.functional.threads import gemm_ready, ready
 
 # Algorithms whose kernels call no BLAS.
 _NO_GEMM = frozenset({"direct", "depthwise", "direct_compiled"})
+# Algorithms that spread their GEMMs over foldconv's pool themselves: BLAS runs on one
+# thread under each (its own threads would oversubscribe the cores).
+_OWN_THREADS = frozenset({"im2col_compiled"})
 
 PASSES = ("forward", "input_grad", "weight_grad")
 
@@ -200,6 +207,14 @@ def _direct_compiled_fits(g: ConvGeometry, dtype: Any) -> bool:
     )
 
 
+def _im2col_compiled_fits(g: ConvGeometry, dtype: Any) -> bool:
+    return (
+        np.dtype(dtype) in (np.float32, np.float64)
+        and im2col_compiled.supports(g, np.dtype(dtype).itemsize)
+        and compiled.get_compiled()
+    )
+
+
 # pass -> algorithm -> (supports(g, dtype), kernel)
 _KERNELS: dict[str, dict[str, tuple[Callable, Callable]]] = {
     "forward": {
@@ -208,6 +223,7 @@ _KERNELS: dict[str, dict[str, tuple[Callable, Callable]]] = {
         "winograd": (_winograd_fits, _winograd_forward),
         "depthwise": (lambda g, dt: depthwise.supports(g), depthwise.forward),
         "direct_compiled": (_direct_compiled_fits, direct_compiled.forward),
+        "im2col_compiled": (_im2col_compiled_fits, im2col_compiled.forward),
     },
     "input_grad": {
         "direct": (lambda g, dt: True, conv_input_grad_direct),
@@ -219,6 +235,7 @@ _KERNELS: dict[str, dict[str, tuple[Callable, Callable]]] = {
         ),
         "depthwise": (lambda g, dt: depthwise.supports(g), depthwise.input_grad),
         "direct_compiled": (_direct_compiled_fits, direct_compiled.input_grad),
+        "im2col_compiled": (_im2col_compiled_fits, im2col_compiled.input_grad),
     },
     "weight_grad": {
         "direct": (lambda g, dt: True, conv_weight_grad_direct),
@@ -226,6 +243,7 @@ _KERNELS: dict[str, dict[str, tuple[Callable, Callable]]] = {
         "winograd": (_winograd_fits, _winograd_weight_grad),
         "depthwise": (lambda g, dt: depthwise.supports(g), depthwise.weight_grad),
         "direct_compiled": (_direct_compiled_fits, direct_compiled.weight_grad),
+        "im2col_compiled": (_im2col_compiled_fits, im2col_compiled.weight_grad),
     },
 }
 
@@ -271,8 +289,17 @@ def _cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
     options = candidates(pass_, g, dtype)
     if "depthwise" in options:
         return "depthwise"
-    weights = g.out_channels // g.groups * g.in_channels // g.groups * g.kernel_size
+    cog = g.out_channels // g.groups
+    weights = cog * g.in_channels // g.groups * g.kernel_size
     if "direct_compiled" in options and weights <= direct_compiled.MAX_WEIGHTS_PER_GROUP:
+        # The input gradient as W_gᵀ·δ on one block at a time, then a compiled fold, is
+        # faster once its GEMMs' inner dimension (C_out/G) reaches 16: LeNet-5's conv2
+        # at batch 64, two threads, inside a training step, 0.67 against 0.80 ms. Its
+        # forward measured 0.39 against 0.63 ms alone but a tie inside the step (0.63
+        # against 0.57), and its weight gradient a tie (other layers' lose: 3 -> 16
+        # channels at 32x32, 1.96 against 0.78), so those passes stay direct.
+        if pass_ == "input_grad" and cog >= 16 and "im2col_compiled" in options:
+            return "im2col_compiled"
         return "direct_compiled"
     channels = min(g.in_channels, g.out_channels) // g.groups
     if "winograd" in options and g.kernel == (3, 3) and g.dilation == (1, 1) and channels >= 128:
@@ -331,6 +358,9 @@ def _autotune(pass_: str, g: ConvGeometry, dtype: Any, xp: Any, args: tuple) -> 
         fn = _KERNELS[pass_][name][1]
         if name == "direct_compiled":
             direct_compiled.warm(dtype)  # time the kernel, not Numba's compiler
+        elif name == "im2col_compiled":
+            im2col_compiled.warm(dtype)
+        _threads_for(name, g)
         t0 = time.perf_counter()
         fn(*args, g)
         if xp.__name__ != "numpy":
@@ -349,17 +379,23 @@ def select(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str, xp: Any, arg
     # on one BLAS thread (threads.SMALL_GEMM_MACS). Kernels without a GEMM leave BLAS as
     # it is (its thread count also decides whether foldconv's idle workers poll).
     if algorithm == "auto" and _benchmark:
-        gemm_ready(_macs(g))
-        return _autotune(pass_, g, dtype, xp, args)
-    if algorithm == "auto":
+        name = _autotune(pass_, g, dtype, xp, args)
+    elif algorithm == "auto":
         name = cost_model(pass_, g, dtype)
     else:
         name = check_algorithm(pass_, g, dtype, algorithm)
+    _threads_for(name, g)
+    return name
+
+
+def _threads_for(name: str, g: ConvGeometry) -> None:
+    """Give BLAS the threads the algorithm ``name`` runs this layer's GEMMs with."""
     if name in _NO_GEMM:
         ready()
+    elif name in _OWN_THREADS:
+        gemm_ready(0)  # one BLAS thread: the kernel's blocks run on foldconv's pool
     else:
         gemm_ready(_macs(g))
-    return name
 
 
 def _macs(g: ConvGeometry) -> int:
@@ -375,9 +411,9 @@ def check_algorithm(pass_: str, g: ConvGeometry, dtype: Any, algorithm: str) -> 
     name = algorithm if algorithm in table else _FALLBACK.get(algorithm, algorithm)
     if name not in table:
         raise ValueError(f"algorithm: {algorithm!r} has no kernel for the {pass_} pass")
-    if name == "direct_compiled" and not compiled.get_compiled():
+    if name in ("direct_compiled", "im2col_compiled") and not compiled.get_compiled():
         raise ValueError(
-            "algorithm: 'direct_compiled' needs Numba (pip install numba) and the compiled "
+            f"algorithm: {name!r} needs Numba (pip install numba) and the compiled "
             "kernels switched on (foldconv.set_compiled(True)); use 'auto' or 'im2col'"
         )
     if not table[name][0](g, dtype):

@@ -452,6 +452,7 @@ _SHORT = {
     "depthwise": "dw",
     "full_conv": "full",
     "direct_compiled": "dc",
+    "im2col_compiled": "ic",
 }
 
 
