@@ -272,6 +272,46 @@ def test_decide(active, budget, cores, others, waited, expected):
     assert threads.decide(active, budget, cores, others, waited) == expected
 
 
+@pytest.mark.parametrize(
+    "active,others,waited,expected",
+    [
+        (2, 1.2, 0.0, 2),  # another process ran while we paused (its turn): keep both
+        (2, 1.9, 0.05, 2),  # ... a hint of waiting is not yet evidence
+        (2, 1.0, 0.5, 1),  # our threads waited for a core too: a load that stays
+        (1, 0.1, 0.0, 2),  # growing back needs no evidence
+    ],
+)
+def test_decide_after_a_pause(active, others, waited, expected):
+    assert threads.decide(active, 2, 2, others, waited, resumed=True) == expected
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_another_process_running_while_we_pause_leaves_our_threads():
+    # Two processes taking turns (a benchmark's epochs in turn, a pipeline): what the
+    # other ran during our pause is its turn, not a load on our cores. Before this was
+    # told apart, the next look halved our threads for half a second after each pause.
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    code = (
+        "import os, subprocess, sys, time, foldconv\n"
+        "from foldconv.functional import threads\n"
+        f"os.sched_setaffinity(0, {set(cores)!r})\n"
+        "threads.set_num_threads(2)\n"
+        "threads.set_adaptive(True)\n"  # the first look: an idle machine
+        "threads.ready()\n"
+        "print(threads.active_threads())\n"
+        "busy = subprocess.Popen([sys.executable, '-c', 'import time\\n'\n"
+        "    't = time.monotonic()\\nwhile time.monotonic() - t < 0.8: pass'])\n"
+        "busy2 = subprocess.Popen([sys.executable, '-c', 'import time\\n'\n"
+        "    't = time.monotonic()\\nwhile time.monotonic() - t < 0.8: pass'])\n"
+        "busy.wait(); busy2.wait()\n"  # we compute nothing while they run
+        "threads.ready()\n"  # the look after the pause
+        "print(threads.active_threads())\n"
+    )
+    done = _run(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "2"]
+
+
 def test_adaptive_switch_is_checked():
     with pytest.raises(TypeError, match="enabled: expected a bool"):
         threads.set_adaptive(1)

@@ -229,7 +229,9 @@ def _sample() -> tuple[float, float, float, float] | None:
     return time.monotonic(), busy / _HZ, time.process_time(), wait * 1e-9
 
 
-def decide(active: int, budget: int, cores: int, others: float, waited: float) -> int:
+def decide(
+    active: int, budget: int, cores: int, others: float, waited: float, resumed: bool = False
+) -> int:
     """The threads to use next.
 
     Parameters
@@ -242,6 +244,9 @@ def decide(active: int, budget: int, cores: int, others: float, waited: float) -
         Cores' worth of CPU that other processes used on our cores (CPU s / wall s).
     waited : float
         Cores' worth of time our threads spent runnable but waiting for a core.
+    resumed : bool
+        This process computed nothing for a while during the interval (it waited: for
+        input, for a lock, for another process's turn).
 
     Returns
     -------
@@ -249,21 +254,38 @@ def decide(active: int, budget: int, cores: int, others: float, waited: float) -
         ``cores`` less the cores other processes keep busy, rounded so that a process
         using 0.6 of a core counts as one (a busy loop that shares a core with us gets
         only part of it), between 1 and ``budget``; one fewer than ``active`` when our
-        threads waited for a core a fifth of the time or more each.
+        threads waited for a core a fifth of the time or more each. After a pause
+        (``resumed``), fewer than ``active`` only if our threads also waited for a core
+        (a tenth of one or more): what others ran while we paused may have been their
+        turn, not a load that stays (two processes taking turns would each see the
+        other's work and halve their threads: LeNet-5's epochs, taken in turn with
+        PyTorch's, 0.73-0.78 s instead of 0.57-0.64 s).
     """
     target = cores - int(others + 0.4)
     if active > 1 and waited >= 0.2 * active:
         target = min(target, active - 1)
+    if resumed and target < active and waited < _RESUMED_WAIT_EVIDENCE:
+        target = active
     return max(1, min(budget, target))
 
 
-def _look() -> None:
+# A pause: no ready() call for this long (a LeNet-5 step calls it ~10 times; one pass of
+# AlexNet at batch 128 may take longer, and then its waits still count as evidence).
+IDLE_SECONDS = 0.25
+# Cores' worth of run-queue wait that shows others took cores from our threads.
+_RESUMED_WAIT_EVIDENCE = 0.1
+_last_ready = 0.0  # time.monotonic() of the last ready() call
+
+
+def _look(resumed: bool = False) -> None:
     global _last, _active
     now = _sample()
     if now is None:
         return
     if _last is None:
-        # The first look: sample a short quiet interval.
+        # The first look: sample a short quiet interval (meant to see the others alone:
+        # no pause to tell apart).
+        resumed = False
         time.sleep(_FIRST_SAMPLE_SECONDS)
         _last, now = now, _sample()
         if now is None:
@@ -272,15 +294,15 @@ def _look() -> None:
     if wall > 0:
         others = max(0.0, (now[1] - _last[1]) - (now[2] - _last[2])) / wall
         waited = (now[3] - _last[3]) / wall
-        _active = decide(_active, _num_threads, available_cores(), others, waited)
+        _active = decide(_active, _num_threads, available_cores(), others, waited, resumed)
     _last = now
 
 
-def _refresh(wait: bool = True) -> None:
+def _refresh(wait: bool = True, resumed: bool = False) -> None:
     """Look at the machine if adapting, then give BLAS and Numba the threads in use."""
     global _next_check, _controller
     if _adaptive and wait:
-        _look()
+        _look(resumed)
     _next_check = time.monotonic() + CHECK_SECONDS if _adaptive else float("inf")
     if _controller is None:
         import threadpoolctl
@@ -353,10 +375,13 @@ def set_numba_threads(n: int) -> None:
 def ready() -> None:
     """Called before foldconv's GEMMs: the first call gives BLAS and Numba their threads,
     later ones look at the machine every CHECK_SECONDS (a clock read otherwise)."""
-    if time.monotonic() >= _next_check:
-        _refresh()
+    global _last_ready
+    now = time.monotonic()
+    if now >= _next_check:
+        _refresh(resumed=now - _last_ready > IDLE_SECONDS)
     elif _numba_applied != _active and "numba" in sys.modules:
         set_numba_threads(_active)  # Numba imported since, by foldconv or the user
+    _last_ready = now
 
 
 def _get_pool() -> Any:
