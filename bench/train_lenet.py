@@ -8,11 +8,14 @@ seconds per training epoch (evaluation excluded), median over the epochs.
 
     python bench/train_lenet.py [--rounds 3] [--epochs 12] [--data-dir ../shared/data/mnist10k]
 
-Each framework trains in a fresh process, in turn, ``--rounds`` times (foldconv first in
-odd rounds, PyTorch first in even ones, so that a drift of the machine's speed falls on
-both): the ratio is of the medians over every round's epochs, and each round's own ratio is
-shown too. PyTorch runs with ``torch.set_num_threads(2)``. On a shared machine the timings
-are noisy: a virtual machine's speed here moved by a third from one minute to the next.
+Each round starts both frameworks in fresh processes and runs their epochs in turn: epoch
+e of one, then epoch e of the other (foldconv first in odd rounds, PyTorch first in even
+ones), each while the other process only waits, so that the machine's drift falls on both
+alike. A virtual machine's speed here moved by a third from one minute to the next, and
+whole runs in turn (``--sequential``: the older way, each framework's whole training in
+turn) gave round ratios from 0.66x to 1.21x on one idle machine. Printed: the ratio of the
+medians over every round's epochs, each round's own, and the median of the epoch pairs'
+ratios with its quartiles. PyTorch runs with ``torch.set_num_threads(2)``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ def _history(out: Path) -> list[dict]:
     return [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def run_torch(args: argparse.Namespace, cfg: dict) -> dict:
+def _torch_setup(args: argparse.Namespace, cfg: dict) -> dict:
+    """PyTorch's network, optimiser, schedule and loaders for this run (see the module
+    docstring): what :func:`_torch_epoch` runs one epoch of."""
     import torch
     from torch import nn
 
@@ -99,33 +104,54 @@ def run_torch(args: argparse.Namespace, cfg: dict) -> dict:
         weight_decay=cfg["weight_decay"],
     )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
-    loss_fn = nn.CrossEntropyLoss()
-    seconds = []
+    return dict(
+        model=model,
+        opt=opt,
+        sched=sched,
+        loss_fn=nn.CrossEntropyLoss(),
+        train_loader=train_loader,
+        test_loader=test_loader,
+    )
+
+
+def _torch_epoch(run: dict, epoch: int, verbose: bool) -> tuple[float, float]:
+    """One epoch of PyTorch's run: (training seconds, test accuracy after it)."""
+    import torch
+
+    model, opt, loss_fn = run["model"], run["opt"], run["loss_fn"]
+    model.train()
+    run["train_loader"].set_epoch(epoch)
+    t0 = time.perf_counter()
+    for x, y in run["train_loader"]:
+        xb, yb = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+        opt.zero_grad()
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - t0
+    run["sched"].step()
+    model.eval()
+    correct = n = 0
+    with torch.no_grad():
+        for x, y in run["test_loader"]:
+            pred = model(torch.from_numpy(np.ascontiguousarray(x))).argmax(1).numpy()
+            correct += int((pred == y).sum())
+            n += len(y)
+    if verbose:
+        print(
+            f"torch epoch {epoch + 1}: test acc {100 * correct / n:.2f}% ({seconds:.2f} s)",
+            flush=True,
+        )
+    return seconds, correct / n
+
+
+def run_torch(args: argparse.Namespace, cfg: dict) -> dict:
+    run = _torch_setup(args, cfg)
+    seconds, accuracy = [], 0.0
     for epoch in range(cfg["epochs"]):
-        model.train()
-        train_loader.set_epoch(epoch)
-        t0 = time.perf_counter()
-        for x, y in train_loader:
-            xb, yb = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
-            opt.zero_grad()
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            opt.step()
-        seconds.append(time.perf_counter() - t0)
-        sched.step()
-        model.eval()
-        correct = n = 0
-        with torch.no_grad():
-            for x, y in test_loader:
-                pred = model(torch.from_numpy(np.ascontiguousarray(x))).argmax(1).numpy()
-                correct += int((pred == y).sum())
-                n += len(y)
-        if args.verbose:
-            print(
-                f"torch epoch {epoch + 1}: test acc {100 * correct / n:.2f}% ({seconds[-1]:.2f} s)",
-                flush=True,
-            )
-    return {"test_accuracy": correct / n, "epoch_seconds": seconds}
+        t, accuracy = _torch_epoch(run, epoch, args.verbose)
+        seconds.append(t)
+    return {"test_accuracy": accuracy, "epoch_seconds": seconds}
 
 
 def _config(args: argparse.Namespace) -> dict:
@@ -165,6 +191,137 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """One framework's run, an epoch at a time on the parent's word (--interleave): read
+    a line from stdin before each epoch, print ``EPOCH_DONE e`` after it; the run's result
+    as JSON on the last line. Between epochs this process only waits, so the other
+    framework's epochs run on an otherwise idle machine."""
+    import json
+    import tempfile
+
+    def wait() -> None:
+        if not sys.stdin.readline():
+            raise SystemExit("train_lenet: the parent went away")
+
+    cpu0 = time.process_time()
+    if args.worker == "torch":
+        cfg = _config(args)
+        run = _torch_setup(args, cfg)
+        print("READY", flush=True)
+        seconds, accuracy = [], 0.0
+        for epoch in range(cfg["epochs"]):
+            wait()
+            t, accuracy = _torch_epoch(run, epoch, args.verbose)
+            seconds.append(t)
+            print(f"EPOCH_DONE {epoch}", flush=True)
+        result = {"test_accuracy": accuracy, "epoch_seconds": seconds}
+    else:
+        from foldconv.trainer import train
+
+        print("READY", flush=True)
+        wait()
+        current = [1]
+
+        def on_step(info: dict) -> None:
+            # The first step of the next epoch has run (after the last one's evaluation):
+            # the last epoch is done; the other framework runs its epoch while this waits.
+            # The trainer's epoch time counts each step before this call, never the wait.
+            if info["epoch"] != current[0]:
+                print(f"EPOCH_DONE {current[0] - 1}", flush=True)
+                current[0] = info["epoch"]
+                wait()
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(args.out) if args.out else Path(tmp) / "run"
+            s = train(
+                "lenet5",
+                "mnist",
+                data_dir=args.data_dir,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                seed=args.seed,
+                out=out,
+                progress=False,
+                verbose=args.verbose,
+                on_step=on_step,
+            )
+            result = {
+                "test_accuracy": s["test_accuracy"],
+                "epoch_seconds": [r["epoch_seconds"] for r in _history(out)],
+            }
+        print(f"EPOCH_DONE {current[0] - 1}", flush=True)
+    result["cpu_seconds"] = time.process_time() - cpu0
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+class _Server:
+    """A --serve worker process and its line protocol."""
+
+    def __init__(self, who: str, argv: list[str], verbose: bool) -> None:
+        import subprocess
+
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", who, "--serve", *argv]
+        self.who, self.verbose = who, verbose
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def expect(self, word: str) -> str:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                err = self.proc.stderr.read()
+                raise RuntimeError(f"train_lenet: the {self.who} run failed:\n{err[-3000:]}")
+            line = line.rstrip("\n")
+            if line.startswith(word):
+                return line
+            if self.verbose:
+                print(line, flush=True)
+
+    def go(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def result(self) -> dict:
+        import json
+
+        line = self.expect("{")
+        self.proc.wait()
+        return json.loads(line)
+
+
+def _interleaved_round(argv: list[str], epochs: int, torch_first: bool, verbose: bool) -> dict:
+    """Both frameworks in fresh processes, their epochs in turn: epoch e of one, then
+    epoch e of the other (PyTorch first when ``torch_first``), each on an otherwise idle
+    machine, so a drift of the machine's speed falls on both alike."""
+    start = _busy_sample()
+    servers = {who: _Server(who, argv, verbose) for who in ("ours", "torch")}
+    try:
+        for server in servers.values():
+            server.expect("READY")
+        order = ("torch", "ours") if torch_first else ("ours", "torch")
+        for epoch in range(epochs):
+            for who in order:
+                servers[who].go()
+                servers[who].expect(f"EPOCH_DONE {epoch}")
+        results = {who: server.result() for who, server in servers.items()}
+    finally:
+        for server in servers.values():
+            if server.proc.poll() is None:
+                server.proc.kill()
+    end = _busy_sample()
+    others = _others(start, end)
+    if others is not None:
+        # _others subtracts this process's CPU only: take the two workers' off too.
+        own = sum(r["cpu_seconds"] for r in results.values()) / (end[0] - start[0])
+        others = max(0.0, others - own)
+    for r in results.values():
+        r["others"] = others
+    return results
+
+
 def _run_worker(who: str, argv: list[str]) -> dict:
     import json
     import subprocess
@@ -200,7 +357,13 @@ def main(argv: list[str] | None = None) -> int:
         help="keep foldconv's run directory here (default: a temporary one, deleted after)",
     )
     p.add_argument("--verbose", action="store_true", help="print every epoch of both runs")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="run each framework's whole training in turn (default: their epochs interleaved)",
+    )
     p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     raw = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(raw)
     if not Path(args.data_dir).is_dir():
@@ -209,23 +372,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         p.error(f"--rounds: expected a positive count, got {args.rounds}")
     if args.worker:
-        return _worker(args)
+        return _serve(args) if args.serve else _worker(args)
 
-    passed = [a for a in raw if not a.startswith("--rounds")]
-    if "--rounds" in raw:  # drop its value too
-        i = raw.index("--rounds")
-        passed = raw[:i] + raw[i + 2 :]
+    # What the workers get: the arguments, less those that only the parent reads.
+    passed, skip = [], False
+    for a in raw:
+        if skip:
+            skip = False
+        elif a == "--rounds":
+            skip = True  # and its value
+        elif not a.startswith("--rounds=") and a != "--sequential":
+            passed.append(a)
+    cfg = _config(args)
     runs: dict[str, list[dict]] = {"ours": [], "torch": []}
     for r in range(args.rounds):
-        order = ("ours", "torch") if r % 2 == 0 else ("torch", "ours")
-        for who in order:
-            runs[who].append(_run_worker(who, passed))
-    cfg = _config(args)
+        if args.sequential:
+            order = ("ours", "torch") if r % 2 == 0 else ("torch", "ours")
+            for who in order:
+                runs[who].append(_run_worker(who, passed))
+        else:
+            pair = _interleaved_round(passed, cfg["epochs"], r % 2 == 1, args.verbose)
+            for who in ("ours", "torch"):
+                runs[who].append(pair[who])
     print(
         f"LeNet-5 on {args.data_dir}: {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
         f"SGD lr {cfg['lr']} momentum {cfg['momentum']} wd {cfg['weight_decay']}, "
         f"{cfg['scheduler']} schedule, augment={cfg['augment']}; {args.rounds} round(s), "
-        "each framework in a fresh process"
+        "each framework in a fresh process" + ("" if args.sequential else ", their epochs in turn")
     )
     print(
         f"{'':10} {'test accuracy':>14} {'s/epoch (median)':>17} {'s/epoch (min)':>14} "
@@ -254,6 +427,17 @@ def main(argv: list[str] | None = None) -> int:
         + ")"
         + (" -- NOT an idle comparison, see below" if busy else "")
     )
+    if not args.sequential:
+        pairs = [
+            a / b
+            for ours, theirs in zip(runs["ours"], runs["torch"], strict=True)
+            for a, b in zip(ours["epoch_seconds"], theirs["epoch_seconds"], strict=True)
+        ]
+        q1, q2, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
+        print(
+            f"epoch pairs (epoch e of each, run in turn): median {q2:.2f}x, quartiles "
+            f"{q1:.2f}x-{q3:.2f}x, over {len(pairs)} pairs"
+        )
     if None not in others:
         print(
             "cores' worth of CPU other processes used during foldconv's / PyTorch's runs: "
