@@ -272,3 +272,35 @@ def test_infinities_give_the_gradients_of_the_true_sums(algorithm):
         assert np.array_equal(np.isposinf(got), np.isposinf(want))
         finite = np.isfinite(want)
         assert rel_err(got[finite], want[finite]) <= 1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "c_in,c_out,groups",
+    [(6, 16, 1), (1, 6, 1), (3, 5, 1), (4, 7, 1), (2, 3, 1), (8, 11, 1), (4, 12, 2), (6, 9, 3)],
+)
+def test_the_vector_kernels_give_the_sequential_sums_bit_for_bit(c_in, c_out, groups, dtype):
+    # The correlation keeps its sums in vector registers (functional/simd.py), up to
+    # eight output channels at a time (a group's last block may hold fewer): every
+    # output is still Σ over (c_i, t) in order, a product rounded, then the sum rounded,
+    # which NumPy computes here one tap at a time for all positions.
+    rng = np.random.default_rng(c_in * 31 + c_out)
+    x = rng.standard_normal((3, c_in, 9, 8)).astype(dtype)
+    w = rng.standard_normal((c_out, c_in // groups, 3, 3)).astype(dtype)
+    y = conv(x, w, padding=1, groups=groups, algorithm="direct_compiled")
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    cog, cig = c_out // groups, c_in // groups
+    want = np.zeros_like(y)
+    for g in range(groups):
+        out = want[:, g * cog : (g + 1) * cog]
+        for c in range(cig):
+            for kh in range(3):
+                for kw in range(3):
+                    tap = w[g * cog : (g + 1) * cog, c, kh, kw][None, :, None, None]
+                    out += tap * xp[:, g * cig + c, kh : kh + 9, kw : kw + 8][:, None]
+    assert np.array_equal(y, want)
+    # The input gradient runs the same kernels (δ with the flipped kernel, eq. BX').
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = conv_backward(dy, x, w, padding=1, groups=groups, algorithm="direct_compiled")[0]
+    ref = conv_backward(dy, x, w, padding=1, groups=groups, algorithm="direct")[0]
+    assert rel_err(dx, ref) <= (1e-5 if dtype == np.float32 else 1e-12)

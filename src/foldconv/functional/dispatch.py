@@ -294,10 +294,11 @@ def _cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
     if "direct_compiled" in options and weights <= direct_compiled.MAX_WEIGHTS_PER_GROUP:
         # The input gradient as W_gᵀ·δ on one block at a time, then a compiled fold, is
         # faster once its GEMMs' inner dimension (C_out/G) reaches 16: LeNet-5's conv2
-        # at batch 64, two threads, inside a training step, 0.67 against 0.80 ms. Its
-        # forward measured 0.39 against 0.63 ms alone but a tie inside the step (0.63
-        # against 0.57), and its weight gradient a tie (other layers' lose: 3 -> 16
-        # channels at 32x32, 1.96 against 0.78), so those passes stay direct.
+        # at batch 64, two threads, each pass alone, 0.47 against 0.57-0.62 ms for the
+        # direct sums (whose correlation keeps its sums in vector registers). The
+        # forward stays direct (0.36-0.39 against 0.41-0.52), and so does the weight
+        # gradient (a tie, and other layers' lose: 3 -> 16 channels at 32x32, 1.96
+        # against 0.78).
         if pass_ == "input_grad" and cog >= 16 and "im2col_compiled" in options:
             return "im2col_compiled"
         return "direct_compiled"

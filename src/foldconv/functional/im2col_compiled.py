@@ -16,10 +16,9 @@ Why: in a layer like LeNet-5's conv2 (6 -> 16 channels, 5x5, 10x10 outputs), one
 sample's product (16 x 150 x 100) runs at the BLAS rate when its columns sit in cache,
 but NumPy's strided unfold copies rows of ten elements one call at a time, and the
 compiled direct sums (functional/direct_compiled.py) keep their accumulators in memory.
-Batch 64, two threads, ms, each pass alone: forward 0.39 against 0.63 for
-direct_compiled, input gradient 0.46 against 0.69, weight gradient 0.49 against 0.52.
-Inside a training step only the input gradient's gain held (0.67 against 0.80; the
-forward was a tie), so that is the pass 'auto' gives it (dispatch.cost_model).
+Batch 64, two threads, ms, each pass alone: input gradient 0.47 against 0.57-0.62
+for direct_compiled, forward 0.41-0.52 against 0.36-0.39, weight gradient a tie; so
+'auto' gives it the input gradient (dispatch.cost_model).
 
 Samples are split in blocks of ``_BLOCK`` over foldconv's thread pool, each thread
 unfolding into its own scratch and calling single-threaded BLAS; the GEMMs and the
