@@ -24,7 +24,7 @@ LAYERS = {
     "conv1": ((128, 1, 28, 28), (6, 1, 5, 5), 2),
     "conv2": ((128, 6, 14, 14), (16, 6, 5, 5), 0),
 }
-WHO = ("im2col", "direct_compiled", "torch")
+WHO = ("im2col", "direct_compiled", "im2col_compiled", "torch")
 
 
 def _median_cpu(fn, reps: int) -> float:

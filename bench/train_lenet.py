@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist10k"
 
 
-def run_ours(args: argparse.Namespace, out: Path) -> dict:
+def run_ours(args: argparse.Namespace, out: Path, on_step: Any = None) -> dict:
     from foldconv.trainer import train
 
     s = train(
@@ -46,6 +47,7 @@ def run_ours(args: argparse.Namespace, out: Path) -> dict:
         out=out,
         progress=False,
         verbose=args.verbose,
+        on_step=on_step,
     )
     return {
         "test_accuracy": s["test_accuracy"],
@@ -216,8 +218,6 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"EPOCH_DONE {epoch}", flush=True)
         result = {"test_accuracy": accuracy, "epoch_seconds": seconds}
     else:
-        from foldconv.trainer import train
-
         print("READY", flush=True)
         wait()
         current = [1]
@@ -233,23 +233,8 @@ def _serve(args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(args.out) if args.out else Path(tmp) / "run"
-            s = train(
-                "lenet5",
-                "mnist",
-                data_dir=args.data_dir,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                seed=args.seed,
-                out=out,
-                progress=False,
-                verbose=args.verbose,
-                on_step=on_step,
-            )
-            result = {
-                "test_accuracy": s["test_accuracy"],
-                "epoch_seconds": [r["epoch_seconds"] for r in _history(out)],
-            }
+            result = run_ours(args, out, on_step)
+            result.pop("config")
         print(f"EPOCH_DONE {current[0] - 1}", flush=True)
     result["cpu_seconds"] = time.process_time() - cpu0
     print(json.dumps(result), flush=True)
