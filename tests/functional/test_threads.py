@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -285,31 +286,47 @@ def test_decide_after_a_pause(active, others, waited, expected):
     assert threads.decide(active, 2, 2, others, waited, resumed=True) == expected
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
-def test_another_process_running_while_we_pause_leaves_our_threads():
+@pytest.mark.parametrize("paused,expected", [(True, 2), (False, 1)])
+def test_another_process_running_while_we_pause_leaves_our_threads(monkeypatch, paused, expected):
     # Two processes taking turns (a benchmark's epochs in turn, a pipeline): what the
     # other ran during our pause is its turn, not a load on our cores. Before this was
     # told apart, the next look halved our threads for half a second after each pause.
-    cores = sorted(os.sched_getaffinity(0))[:2]
-    code = (
-        "import os, subprocess, sys, time, foldconv\n"
-        "from foldconv.functional import threads\n"
-        f"os.sched_setaffinity(0, {set(cores)!r})\n"
-        "threads.set_num_threads(2)\n"
-        "threads.set_adaptive(True)\n"  # the first look: an idle machine
-        "threads.ready()\n"
-        "print(threads.active_threads())\n"
-        "busy = subprocess.Popen([sys.executable, '-c', 'import time\\n'\n"
-        "    't = time.monotonic()\\nwhile time.monotonic() - t < 0.8: pass'])\n"
-        "busy2 = subprocess.Popen([sys.executable, '-c', 'import time\\n'\n"
-        "    't = time.monotonic()\\nwhile time.monotonic() - t < 0.8: pass'])\n"
-        "busy.wait(); busy2.wait()\n"  # we compute nothing while they run
-        "threads.ready()\n"  # the look after the pause
-        "print(threads.active_threads())\n"
+    # The machine is simulated (threads._sample), so that the test does not depend on
+    # what else runs here: an interval of 1 s in which other processes used both cores
+    # and our threads never waited for one.
+    clock = [1000.0]
+    samples = iter(
+        [
+            (1000.0, 0.0, 0.0, 0.0),  # the first look: a quiet interval
+            (1000.05, 0.0, 0.0, 0.0),
+            (1001.05, 2.0, 0.0, 0.0),  # one second later: 2 cores' worth of others
+        ]
     )
-    done = _run(code)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["2", "2"]
+    monkeypatch.setattr(threads, "_sample", lambda: next(samples))
+    # threads' own clock only (the time module itself stays as it is for everyone else)
+    fake_time = types.SimpleNamespace(
+        monotonic=lambda: clock[0], sleep=lambda s: None, process_time=time.process_time
+    )
+    monkeypatch.setattr(threads, "time", fake_time)
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(threads, "_last", None)
+    monkeypatch.setattr(threads, "_num_threads", 2)
+    monkeypatch.setattr(threads, "_active", 2)
+    monkeypatch.setattr(threads, "_adaptive", True)
+    monkeypatch.setattr(threads, "_next_check", 0.0)
+    monkeypatch.setattr(threads, "_last_ready", 0.0)
+    threads.ready()  # the first look
+    assert threads.active_threads() == 2
+    # Computing until the next look (paused=False: calls 0.15 s apart), or not since the
+    # first look (paused=True); then the next look, half a second after the first.
+    if not paused:
+        for t in (1000.15, 1000.3, 1000.45):
+            clock[0] = t
+            threads.ready()
+            assert threads.active_threads() == 2  # no look yet
+    clock[0] = 1000.55
+    threads.ready()
+    assert threads.active_threads() == expected
 
 
 def test_adaptive_switch_is_checked():
