@@ -423,12 +423,17 @@ def main(argv: list[str] | None = None) -> int:
             f"epoch pairs (epoch e of each, run in turn): median {q2:.2f}x, quartiles "
             f"{q1:.2f}x-{q3:.2f}x, over {len(pairs)} pairs"
         )
-    if None not in others:
+    if None not in others and args.sequential:
         print(
             "cores' worth of CPU other processes used during foldconv's / PyTorch's runs: "
             + " / ".join(
                 ", ".join(f"{run['others']:.2f}" for run in runs[who]) for who in ("ours", "torch")
             )
+        )
+    elif None not in others:  # one figure a round: both frameworks ran in it, in turn
+        print(
+            "cores' worth of CPU other processes used in each round: "
+            + ", ".join(f"{run['others']:.2f}" for run in runs["ours"])
         )
         if max(others) > 0.25:
             # PyTorch's threads stall beside other work far more than ours (BENCHMARKS.md,
