@@ -329,9 +329,11 @@ def test_autotuner_caches_a_supported_winner_and_keeps_results():
     assert rel_err(y, ref) <= 1e-12
     passes = {key[0]: name for key, name in tuned.items()}
     assert set(passes) == {"forward", "input_grad", "weight_grad"}
-    assert passes["forward"] in ("im2col", "winograd", "direct_compiled")
-    assert passes["input_grad"] in ("im2col", "full_conv", "winograd", "direct_compiled")
-    assert passes["weight_grad"] in ("im2col", "winograd", "direct_compiled")
+    # The winner of each pass is one of its candidates (timing decides which).
+    g = next(key[1] for key in tuned)
+    for pass_, name in passes.items():
+        assert name in dispatch.candidates(pass_, g, x.dtype), (pass_, name)
+    assert passes["forward"] in ("im2col", "winograd", "direct_compiled", "im2col_compiled")
 
 
 def test_bad_algorithm_requests():
