@@ -304,3 +304,12 @@ def test_the_vector_kernels_give_the_sequential_sums_bit_for_bit(c_in, c_out, gr
     dx = conv_backward(dy, x, w, padding=1, groups=groups, algorithm="direct_compiled")[0]
     ref = conv_backward(dy, x, w, padding=1, groups=groups, algorithm="direct")[0]
     assert rel_err(dx, ref) <= (1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_vector_width_follows_the_host():
+    from foldconv.functional import simd
+
+    f32, f64 = simd.lanes(np.float32), simd.lanes(np.float64)
+    assert f32 in (8, 16) and f64 == f32 // 2
+    # Rows are rounded to whole vectors of either width.
+    assert direct_compiled._LANES % f32 == 0 and direct_compiled._DOT_LANES % f32 == 0

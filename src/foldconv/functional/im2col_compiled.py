@@ -15,7 +15,8 @@ to zero anywhere and 0 · inf never arises (unlike functional/flat.py's range).
 Why: in a layer like LeNet-5's conv2 (6 -> 16 channels, 5x5, 10x10 outputs), one
 sample's product (16 x 150 x 100) runs at the BLAS rate when its columns sit in cache,
 but NumPy's strided unfold copies rows of ten elements one call at a time, and the
-compiled direct sums (functional/direct_compiled.py) keep their accumulators in memory.
+compiled direct sums (functional/direct_compiled.py) also compute the flat range's
+positions that are not outputs (136 for 100 here).
 Batch 64, two threads, ms, each pass alone: input gradient 0.47 against 0.57-0.62
 for direct_compiled, forward 0.41-0.52 against 0.36-0.39, weight gradient a tie; so
 'auto' gives it the input gradient (dispatch.cost_model).
@@ -44,8 +45,6 @@ from foldconv.functional.workspace import scratch
 
 # Samples per block: one thread's unit of work, and the weight gradient's GEMM unit.
 _BLOCK = 8
-# The kernels, set by _kernels() (module globals: see direct_compiled.py for why).
-_unfold: Any = None
 
 
 class _Plan:
@@ -120,8 +119,6 @@ def _kernels() -> dict[str, Any]:
                         else:
                             for j in range(row_len):
                                 d[j] = src[j * step]
-
-    globals()["_unfold"] = unfold
 
     @jit
     def fold(cols, starts, offs, row_len, step, dx, n0, n1):  # pragma: no cover

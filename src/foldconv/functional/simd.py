@@ -4,7 +4,7 @@ A Numba loop keeps an accumulator in a register only when it is a scalar: a runn
 over many positions at once lives in an array, and each product then costs a load and a
 store (LeNet-5's conv2 in functional/direct_compiled.py ran at ~34 GFLOP/s on one core
 that way, oneDNN's kernel at ~95). These intrinsics give the kernels a value that *is* a
-vector register: ``vload`` reads ``LANES`` consecutive elements of a contiguous array,
+vector register: ``vload`` reads :func:`lanes` consecutive elements of a contiguous array,
 ``vmuladd(acc, w, x)`` returns ``acc + w * x`` lane by lane (a product, then a sum, each
 rounded: no fused multiply-add, so every lane gets exactly the bits of the scalar
 expression), ``vstore`` writes it back. A kernel written with them holds its running sums
