@@ -6,6 +6,7 @@ rule, the reflect/circular limits), so that the tests check the library against 
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import strategies as st
 
 import foldconv
@@ -107,3 +108,59 @@ def draw_geometry(draw, modes=MODES, forms=PAD_FORMS, max_rank: int = 3) -> dict
         mode=mode,
         sizes=tuple(sizes),
     )
+
+
+def torch_conv(x, w, rng, stride=1, padding=0, dilation=1, groups=1):
+    """PyTorch's convolution of x with w, and its gradients for a δ drawn from ``rng``
+    after the forward: (y, dx, dw, δ) as NumPy arrays. Asymmetric padding is applied by
+    F.pad first (torch's conv takes symmetric padding only)."""
+    import torch
+
+    from foldconv.functional import _args
+
+    nd = x.ndim - 2
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    xin = torch.nn.functional.pad(xt, torch_pad_list(_args.parse_padding(padding, nd)))
+    conv_t = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)
+    yt = conv_t[nd - 1](xin, wt, stride=stride, dilation=dilation, groups=groups)
+    dy = rng.standard_normal(tuple(yt.shape)).astype(x.dtype)
+    yt.backward(torch.tensor(dy))
+    return yt.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(), dy
+
+
+def finite_difference_errors(x, w, opts, algorithm, rng) -> tuple[float, float]:
+    """The directional-derivative errors of ``algorithm``'s dx and dw for a random
+    weighting of the output, against float64 differences of the direct sums."""
+    from foldconv.functional import conv, conv_backward
+    from tests.gradcheck import directional_check
+
+    y = conv(x, w, **opts, algorithm=algorithm)
+    r = rng.standard_normal(y.shape)
+
+    def loss_x(xv):
+        return float(np.sum(conv(xv, w, **opts, algorithm="direct") * r))
+
+    def loss_w(wv):
+        return float(np.sum(conv(x, wv, **opts, algorithm="direct") * r))
+
+    dx, dw, _ = conv_backward(r, x, w, **opts, algorithm=algorithm)
+    return directional_check(loss_x, x, dx, rng), directional_check(loss_w, w, dw, rng)
+
+
+def at_thread_counts(fn, counts=(1, 2, 3, 1)) -> list:
+    """[fn() at each thread count], adaptivity off (the counts are the ones in use)."""
+    from foldconv.functional import threads
+
+    before = foldconv.get_num_threads()
+    adaptive = threads.set_adaptive(False)
+    try:
+        runs = []
+        for n in counts:
+            foldconv.set_num_threads(n)
+            assert threads.active_threads() == n
+            runs.append(fn())
+    finally:
+        foldconv.set_num_threads(before)
+        threads.set_adaptive(adaptive)
+    return runs

@@ -16,10 +16,9 @@ from foldconv.functional import (
     conv_transpose_backward,
     direct_compiled,
     dispatch,
-    threads,
 )
-from tests.functional.conv_cases import torch_pad_list
-from tests.gradcheck import directional_check, rel_err
+from tests.functional.conv_cases import at_thread_counts, finite_difference_errors, torch_conv
+from tests.gradcheck import rel_err
 
 pytest.importorskip("numba")
 
@@ -64,43 +63,25 @@ def test_matches_direct_sums_and_im2col(case):
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-5)])
 @pytest.mark.parametrize("case", CASES)
 def test_matches_torch(case, dtype, tol):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     rng = np.random.default_rng(7)
     x, w, opts = _data(rng, case, dtype)
-    nd = x.ndim - 2
-    pads = _args.parse_padding(opts["padding"], nd)
-    xt = torch.tensor(x, requires_grad=True)
-    wt = torch.tensor(w, requires_grad=True)
-    xin = torch.nn.functional.pad(xt, torch_pad_list(pads))  # torch: no asymmetric padding
-    conv_t = [None, torch.nn.functional.conv1d, torch.nn.functional.conv2d][nd : nd + 1]
-    conv_t = conv_t[0] if conv_t else torch.nn.functional.conv3d
-    yt = conv_t(xin, wt, dilation=opts["dilation"], groups=opts["groups"])
-    dy = rng.standard_normal(tuple(yt.shape)).astype(dtype)
-    yt.backward(torch.tensor(dy))
+    y_ref, dx_ref, dw_ref, dy = torch_conv(x, w, rng, **opts)
     y = conv(x, w, **opts, algorithm="direct_compiled")
     dx, dw, _ = conv_backward(dy, x, w, **opts, algorithm="direct_compiled")
     assert y.dtype == dx.dtype == dw.dtype == dtype
-    assert rel_err(y, yt.detach().numpy()) <= tol
-    assert rel_err(dx, xt.grad.numpy()) <= tol
-    assert rel_err(dw, wt.grad.numpy()) <= tol
+    assert rel_err(y, y_ref) <= tol
+    assert rel_err(dx, dx_ref) <= tol
+    assert rel_err(dw, dw_ref) <= tol
 
 
 @pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[7], CASES[8]])
 def test_gradients_pass_finite_differences(case):
     rng = np.random.default_rng(3)
     x, w, opts = _data(rng, case)
-    y = conv(x, w, **opts, algorithm="direct_compiled")
-    r = rng.standard_normal(y.shape)
-
-    def loss_x(xv):
-        return float(np.sum(conv(xv, w, **opts, algorithm="direct") * r))
-
-    def loss_w(wv):
-        return float(np.sum(conv(x, wv, **opts, algorithm="direct") * r))
-
-    dx, dw, _ = conv_backward(r, x, w, **opts, algorithm="direct_compiled")
-    assert directional_check(loss_x, x, dx, rng) < 1e-7
-    assert directional_check(loss_w, w, dw, rng) < 1e-7
+    err_x, err_w = finite_difference_errors(x, w, opts, "direct_compiled", rng)
+    assert err_x < 1e-7
+    assert err_w < 1e-7
 
 
 def test_results_do_not_depend_on_the_thread_count_or_the_run():
@@ -109,18 +90,12 @@ def test_results_do_not_depend_on_the_thread_count_or_the_run():
     x = rng.standard_normal((21, 6, 14, 14)).astype(np.float32)
     w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
     dy = rng.standard_normal((21, 16, 10, 10)).astype(np.float32)
-    before = foldconv.get_num_threads()
-    adaptive = threads.set_adaptive(False)
-    try:
-        runs = []
-        for n in (1, 2, 3, 1):
-            foldconv.set_num_threads(n)
-            assert threads.active_threads() == n
-            y = conv(x, w, algorithm="direct_compiled")
-            runs.append((y,) + conv_backward(dy, x, w, algorithm="direct_compiled")[:2])
-    finally:
-        foldconv.set_num_threads(before)
-        threads.set_adaptive(adaptive)
+
+    def run():
+        y = conv(x, w, algorithm="direct_compiled")
+        return (y,) + conv_backward(dy, x, w, algorithm="direct_compiled")[:2]
+
+    runs = at_thread_counts(run)
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):
             assert np.array_equal(a, b)

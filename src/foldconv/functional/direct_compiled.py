@@ -179,9 +179,6 @@ def _plan(g: ConvGeometry) -> _Plan:
     return _Plan(g)
 
 
-QUAD = False
-
-
 @functools.cache
 def _kernels() -> dict[str, Any]:
     jit = compiled.njit(nogil=True, boundscheck=False)
