@@ -29,6 +29,7 @@ from foldconv.functional.direct import (
     conv_weight_grad_direct,
 )
 from foldconv.functional.padding import apply_pad
+from tests.functional.conv_cases import finite_difference_errors
 from tests.gradcheck import directional_check, rel_err
 
 
@@ -192,17 +193,9 @@ def test_winograd_tiles_pass_finite_differences(r, size):
     opts = dict(padding=r // 2)
     g = _args.conv_geometry(x.shape, w.shape, 1, r // 2, 1, 1, "zeros")
     assert dispatch.winograd_tile(np.dtype(np.float64), r, g.out_shape) == (4 if r == 3 else 2)
-    rr = rng.standard_normal((2, 4) + g.out_shape)
-
-    def loss_x(xv):
-        return float(np.sum(conv(xv, w, **opts, algorithm="direct") * rr))
-
-    def loss_w(wv):
-        return float(np.sum(conv(x, wv, **opts, algorithm="direct") * rr))
-
-    dx, dw, _ = conv_backward(rr, x, w, **opts, algorithm="winograd")
-    assert directional_check(loss_x, x, dx, rng) < 1e-7
-    assert directional_check(loss_w, w, dw, rng) < 1e-7
+    err_x, err_w = finite_difference_errors(x, w, opts, "winograd", rng)
+    assert err_x < 1e-7
+    assert err_w < 1e-7
 
 
 @pytest.mark.parametrize(
