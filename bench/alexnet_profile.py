@@ -25,6 +25,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# First, as the README says: foldconv sets OpenBLAS's idle spin before NumPy loads it.
+from foldconv import _openblas_env  # noqa: F401
+
+# isort: split
 import numpy as np
 
 

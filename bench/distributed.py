@@ -25,6 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+# First, as the README says: foldconv sets OpenBLAS's idle spin before NumPy loads it.
+from foldconv import _openblas_env  # noqa: F401
+
+# isort: split
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]

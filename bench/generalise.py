@@ -12,6 +12,10 @@ from __future__ import annotations
 import statistics
 import time
 
+# First, as the README says: foldconv sets OpenBLAS's idle spin before NumPy loads it.
+from foldconv import _openblas_env  # noqa: F401
+
+# isort: split
 import numpy as np
 
 from foldconv.functional import conv, conv_backward, conv_transpose, conv_transpose_backward

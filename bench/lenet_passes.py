@@ -18,6 +18,10 @@ import subprocess
 import sys
 import time
 
+# First, as the README says: foldconv sets OpenBLAS's idle spin before NumPy loads it.
+from foldconv import _openblas_env  # noqa: F401
+
+# isort: split
 import numpy as np
 
 LAYERS = {

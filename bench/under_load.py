@@ -34,6 +34,10 @@ import subprocess
 import sys
 import time
 
+# First, as the README says: foldconv sets OpenBLAS's idle spin before NumPy loads it.
+from foldconv import _openblas_env  # noqa: F401
+
+# isort: split
 import numpy as np
 
 STEPS = {"lenet": 30, "alexnet": 5}
@@ -141,6 +145,8 @@ if what == "gemm":
     threadpoolctl.threadpool_limits(int(os.environ.get("GEMM_THREADS", "2")), "blas")
     rng = np.random.default_rng(0)
     out = {}
+    from concurrent.futures import ThreadPoolExecutor
+    helper = ThreadPoolExecutor(1)
     for m, k, n, reps in ((16, 12800, 150, 300), (384, 3456, 2704, 20)):
         a = rng.standard_normal((m, k)).astype(np.float32)
         b = rng.standard_normal((k, n)).astype(np.float32)
@@ -149,6 +155,18 @@ if what == "gemm":
             t0 = time.perf_counter(); a @ b; ts.append(time.perf_counter() - t0)
             x = np.tanh(a[:, :1000])  # a non-BLAS pass between GEMMs, as in a network
         out[f"{m}x{k}x{n}"] = ts
+        # The GEMM and then a non-BLAS pass on two threads, timed together: what a
+        # network does when foldconv's pool runs the pass (a fold, pooling, LRN).
+        c = rng.standard_normal((2, 1 << 21)).astype(np.float32)
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            a @ b
+            half = helper.submit(np.tanh, c[0])
+            np.tanh(c[1])
+            half.result()
+            ts.append(time.perf_counter() - t0)
+        out[f"{m}x{k}x{n} + 2-thread pass"] = ts
 else:
     import numba
     from numba import njit, prange
@@ -189,7 +207,10 @@ def layers(args: argparse.Namespace) -> None:
         try:
             for _ in range(args.rounds):
                 for what, extra in variants:
-                    env = dict(os.environ, **extra)
+                    # OpenBLAS's own default unless the variant sets it (foldconv, imported
+                    # by this script, sets OPENBLAS_THREAD_TIMEOUT for the processes it starts).
+                    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+                    env.update(extra)
                     proc = subprocess.run(
                         [sys.executable, "-c", LAYER_CODE, what],
                         capture_output=True,

@@ -4,6 +4,10 @@ The convolution and its kin live in :mod:`foldconv.functional` (stateless
 forward/backward pairs); layers holding parameters in :mod:`foldconv.nn`.
 """
 
+# First: it sets OpenBLAS's idle spin before anything below loads NumPy (and OpenBLAS).
+from foldconv import _openblas_env  # noqa: F401
+
+# isort: split
 from foldconv._config import get_workspace_limit, set_workspace_limit
 from foldconv.cuda.precision import get_tf32, set_tf32
 from foldconv.functional.compiled import get_compiled, set_compiled

@@ -265,7 +265,21 @@ def test_transposed_convolution_runs_every_fast_path():
         assert rel_err(a, b) <= 1e-10
 
 
-def test_cost_model_on_the_suite():
+@pytest.mark.parametrize(("compiled", "cores"), [(True, 2), (True, 64), (False, 2)])
+def test_cost_model_on_the_suite(monkeypatch, compiled, cores):
+    if compiled:
+        pytest.importorskip("numba")
+    monkeypatch.setattr(dispatch, "available_cores", lambda: cores)
+    previous = foldconv.set_compiled(compiled)
+    try:
+        _check_cost_model_on_the_suite("im2col_compiled" if compiled and cores == 2 else "im2col")
+    finally:
+        foldconv.set_compiled(previous)
+
+
+def _check_cost_model_on_the_suite(gemm):
+    """``gemm``: what runs the layers that need a GEMM: blocks of samples on foldconv's
+    pool (im2col_compiled) where the batch gives every core a block, else im2col."""
     f32 = np.dtype(np.float32)
 
     def geometry(n, c, o, size, k, s=1, p=0, d=1, groups=1):
@@ -277,33 +291,40 @@ def test_cost_model_on_the_suite():
     assert dispatch.cost_model("forward", geometry(8, 256, 256, (56, 56), 3, 1, 1), f32) == (
         "winograd"
     )
+    # A 1x1 stride-1 layer's columns are its input: plain im2col, no copy.
     assert dispatch.cost_model("forward", geometry(16, 256, 64, (56, 56), 1), f32) == "im2col"
     assert dispatch.cost_model("weight_grad", geometry(8, 256, 256, (56, 56), 3, 1, 1), f32) == (
         "winograd"
     )
     # Below 128 channels Winograd's transforms cost more than they save; dilated
     # layers' phases are too small for the forward.
-    assert dispatch.cost_model("forward", geometry(8, 64, 64, (64, 64), 3, 1, 2, 2), f32) == (
-        "im2col"
-    )
-    assert dispatch.cost_model("weight_grad", geometry(8, 64, 64, (56, 56), 3, 1, 1), f32) == (
-        "im2col"
-    )
+    assert dispatch.cost_model("forward", geometry(8, 64, 64, (64, 64), 3, 1, 2, 2), f32) == gemm
+    assert dispatch.cost_model("weight_grad", geometry(8, 64, 64, (56, 56), 3, 1, 1), f32) == gemm
     # The input gradient takes Winograd where it runs F(4x4): not on AlexNet's 13x13.
     vgg, alexnet_c3 = (
         geometry(8, 256, 256, (56, 56), 3, 1, 1),
         geometry(16, 256, 384, (13, 13), 3, 1, 1),
     )
     assert dispatch.cost_model("input_grad", vgg, f32) == "winograd"
-    assert dispatch.cost_model("input_grad", alexnet_c3, f32) == "im2col"
+    assert dispatch.cost_model("input_grad", alexnet_c3, f32) == gemm
     assert dispatch.cost_model("forward", alexnet_c3, f32) == "winograd"
     assert dispatch.cost_model("input_grad", geometry(8, 64, 64, (64, 64), 3, 1, 2, 2), f32) == (
-        "im2col"
+        gemm
     )
-    # 5x5 layers stay on im2col (F(2x2, 5x5) saves no time), though Winograd can run them.
+    # F(2x2) below 256 channels a group gives way to the blocks where they can run
+    # (AlexNet's grouped conv4: 192).
+    alexnet_c4 = geometry(16, 384, 384, (13, 13), 3, 1, 1, 1, 2)
+    for pass_ in ("forward", "weight_grad"):
+        want = "winograd" if gemm == "im2col" else gemm
+        assert dispatch.cost_model(pass_, alexnet_c4, f32) == want
+    # 5x5 layers stay on a GEMM (F(2x2, 5x5) saves no time), though Winograd can run them.
     c2 = geometry(16, 96, 256, (27, 27), 5, 1, 2, 1, 2)
     assert "winograd" in dispatch.candidates("forward", c2, f32)
-    assert dispatch.cost_model("forward", c2, f32) == "im2col"
+    assert dispatch.cost_model("forward", c2, f32) == gemm
+    # A batch of one is one block: BLAS's threads share its GEMM.
+    assert dispatch.cost_model("forward", geometry(1, 96, 256, (27, 27), 5, 1, 2), f32) == (
+        "im2col"
+    )
 
 
 def test_autotuner_caches_a_supported_winner_and_keeps_results():

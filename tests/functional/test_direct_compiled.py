@@ -189,8 +189,9 @@ def test_empty_batch():
     assert dx.shape == x.shape and np.array_equal(dw, np.zeros_like(w))
 
 
-def test_auto_uses_it_for_small_layers_only():
+def test_auto_uses_it_for_small_layers_only(monkeypatch):
     f32 = np.dtype(np.float32)
+    monkeypatch.setattr(dispatch, "available_cores", lambda: 2)
 
     def geometry(n, c, o, size, k, s=1, p=0, groups=1):
         return _args.conv_geometry((n, c) + size, (o, c // groups, k, k), s, p, 1, groups, "zeros")
@@ -203,11 +204,13 @@ def test_auto_uses_it_for_small_layers_only():
         # block's columns, then a compiled fold (functional/im2col_compiled.py).
         want = "im2col_compiled" if pass_ == "input_grad" else "direct_compiled"
         assert dispatch.cost_model(pass_, lenet_c2, f32) == want
-        # Strided, or too many weights per group: not this algorithm.
+        # Strided, or too many weights per group: not this algorithm. (The strided
+        # layer's batch of 8 is one block of samples: plain im2col; the larger layer's
+        # two blocks of 4 run on the two cores.)
         assert dispatch.cost_model(pass_, geometry(8, 6, 16, (14, 14), 5, 2), f32) == "im2col"
         big = geometry(8, 64, 64, (16, 16), 3, 1, 1)
         assert 64 * 64 * 9 > direct_compiled.MAX_WEIGHTS_PER_GROUP
-        assert dispatch.cost_model(pass_, big, f32) == "im2col"
+        assert dispatch.cost_model(pass_, big, f32) == "im2col_compiled"
     previous = foldconv.set_compiled(False)
     try:
         assert dispatch.cost_model("forward", lenet_c2, f32) == "im2col"

@@ -101,6 +101,52 @@ def test_results_do_not_depend_on_the_thread_count_or_the_run():
             assert np.array_equal(a, b)
 
 
+def test_blocks_follow_the_geometry_not_the_thread_count():
+    def blocks(x_shape, w_shape, padding=0, groups=1, itemsize=4):
+        g = _args.conv_geometry(x_shape, w_shape, 1, padding, 1, groups, "zeros")
+        return [len(range(*span)) for span in im2col_compiled._blocks(g, itemsize)]
+
+    lenet_c2 = ((128, 6, 14, 14), (16, 6, 5, 5))  # 60 KB of columns a sample
+    alexnet_c2 = ((16, 96, 27, 27), (256, 48, 5, 5), 2, 2)  # 3.5 MB a sample
+    for n in (1, 2, 3):
+        foldconv.set_num_threads(n)
+        try:
+            assert blocks(*lenet_c2) == [8] * 16
+            assert blocks(*alexnet_c2) == [1] * 16
+            # 590 KB a sample: at most 7 a block, so a batch of 8 as two even blocks.
+            assert blocks((8, 64, 16, 16), (64, 64, 3, 3), 1) == [4, 4]
+            assert blocks((8, 64, 16, 16), (64, 64, 3, 3), 1, itemsize=8) == [3, 3, 2]
+            assert blocks((0, 6, 14, 14), (16, 6, 5, 5)) == []
+        finally:
+            foldconv.set_num_threads(None)
+
+
+def test_one_sample_blocks_match_the_direct_sums_at_any_thread_count(monkeypatch):
+    # Blocks of one sample (what a large layer gets), forced on a small one.
+    monkeypatch.setattr(im2col_compiled, "_BLOCK_BYTES", 1)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 4, 9, 9))
+    w = rng.standard_normal((6, 2, 3, 3))
+    dy = rng.standard_normal((5, 6, 9, 9))
+    opts = dict(padding=1, groups=2)
+    g = _args.conv_geometry(x.shape, w.shape, 1, 1, 1, 2, "zeros")
+    assert im2col_compiled.blocks(g, 8) == 5
+
+    def run():
+        y = conv(x, w, **opts, algorithm="im2col_compiled")
+        return (y,) + conv_backward(dy, x, w, **opts, algorithm="im2col_compiled")[:2]
+
+    runs = at_thread_counts(run)
+    ref = (conv(x, w, **opts, algorithm="direct"),) + conv_backward(
+        dy, x, w, **opts, algorithm="direct"
+    )[:2]
+    for a, b in zip(runs[0], ref, strict=True):
+        assert rel_err(a, b) <= 1e-12
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert np.array_equal(a, b)
+
+
 def test_blas_runs_on_one_thread_under_the_blocks():
     # The kernel's GEMMs run on foldconv's pool, one per block: BLAS's own threads would
     # oversubscribe the cores. A pass large enough to get all threads otherwise

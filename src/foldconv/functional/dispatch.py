@@ -57,7 +57,7 @@ from foldconv.functional.direct import (
     conv_weight_grad_direct,
 )
 from foldconv.functional.padding import apply_pad, pad_adjoint
-from foldconv.functional.threads import gemm_ready, ready
+from foldconv.functional.threads import available_cores, gemm_ready, ready
 
 # Algorithms whose kernels call no BLAS.
 _NO_GEMM = frozenset({"direct", "depthwise", "direct_compiled"})
@@ -263,7 +263,14 @@ _COSTED: dict[tuple, str] = {}
 
 def cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
     """The algorithm ``auto`` uses without the autotuner (see :func:`_cost_model`)."""
-    key = (pass_, g, np.dtype(dtype), compiled.get_compiled(), get_workspace_limit())
+    key = (
+        pass_,
+        g,
+        np.dtype(dtype),
+        compiled.get_compiled(),
+        get_workspace_limit(),
+        available_cores(),
+    )
     name = _COSTED.get(key)
     if name is None:
         if len(_COSTED) >= 1024:
@@ -284,7 +291,9 @@ def _cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
     output is the padded input) where it runs F(4x4), from 24x24 on. 5x5 layers stay on
     im2col: F(2x2, 5x5), the largest tile accurate enough in float32, saves little time
     (alexnet_c2_g2 forward 38 ms against 44 pinned, 33 against 30 unpinned) and loses in
-    the input gradient (73 against 48).
+    the input gradient (73 against 48). im2col runs as blocks of samples on foldconv's
+    pool (``im2col_compiled``) wherever the batch gives every core a block, and then
+    also takes the forward and weight gradient from F(2x2) below 256 channels.
     """
     options = candidates(pass_, g, dtype)
     if "depthwise" in options:
@@ -303,12 +312,26 @@ def _cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
             return "im2col_compiled"
         return "direct_compiled"
     channels = min(g.in_channels, g.out_channels) // g.groups
+    # Blocks of samples over foldconv's pool, BLAS on one thread under each, beat one GEMM
+    # over the whole batch on BLAS's threads wherever the batch gives every core blocks:
+    # AlexNet's five layers at batch 16, ResNet's strided 3x3, a dilated 3x3, a 7x7 stem
+    # (BENCHMARKS.md, "Blocks of samples"). Not a 1x1 stride-1 layer, whose im2col reads
+    # the input as its columns with no copy at all.
+    blocks = (
+        "im2col_compiled" in options
+        and not im2col.is_pointwise(g)
+        and im2col_compiled.blocks(g, dtype.itemsize) >= available_cores()
+    )
     if "winograd" in options and g.kernel == (3, 3) and g.dilation == (1, 1) and channels >= 128:
+        # F(2x2) (outputs below 24) saves less than F(4x4): with blocks to run instead,
+        # it pays only from 256 channels (AlexNet's conv3, not its grouped conv4/conv5).
+        small_tiles = min(g.out_shape) < 24
         if pass_ in ("forward", "weight_grad") and min(g.out_shape) >= 8:
-            return "winograd"
+            if not (small_tiles and blocks and channels < 256):
+                return "winograd"
         if pass_ == "input_grad" and min(g.padded_shape) >= 24:
             return "winograd"
-    return "im2col"
+    return "im2col_compiled" if blocks else "im2col"
 
 
 def auto_algorithm(pass_: str, g: ConvGeometry, dtype: Any, xp: Any = None) -> str | None:

@@ -41,7 +41,7 @@ def choose_layout(g: ConvGeometry, pass_: str = "forward", itemsize: int = 4) ->
     the stride's phases). Other strided passes take 'sample' when one sample's GEMM is big
     enough to run at the BLAS rate (SAMPLE_LAYOUT_MIN_MACS multiply-adds), else 'batch'.
     """
-    if _is_pointwise(g):
+    if is_pointwise(g):
         return "sample"
     if all(s == 1 for s in g.stride) and flat.supports(g, itemsize):
         return "flat"
@@ -62,7 +62,7 @@ def exact_layout(g: ConvGeometry) -> str:
     holds an infinity or a NaN, a flat-range result can be NaN where the true sum is
     finite or infinite. Those passes are then run again in this layout.
     """
-    if _is_pointwise(g):
+    if is_pointwise(g):
         return "sample"
     per_sample = (
         (g.out_channels // g.groups)
@@ -73,7 +73,7 @@ def exact_layout(g: ConvGeometry) -> str:
     return "sample" if per_sample >= SAMPLE_LAYOUT_MIN_MACS else "batch"
 
 
-def _is_pointwise(g: ConvGeometry) -> bool:
+def is_pointwise(g: ConvGeometry) -> bool:
     """A 1x1, stride-1, unpadded convolution that reads its whole input: its columns are
     the input itself. (A transposed convolution's geometry may ask for fewer outputs
     than the input has, e.g. with output_padding under a dilation: not pointwise then.)"""
@@ -86,7 +86,7 @@ def _is_pointwise(g: ConvGeometry) -> bool:
 
 
 def _tiles(g: ConvGeometry, itemsize: int) -> list[Tile]:
-    per_position = 0 if _is_pointwise(g) else g.in_channels * g.kernel_size * itemsize
+    per_position = 0 if is_pointwise(g) else g.in_channels * g.kernel_size * itemsize
     return list(
         plan_tiles(g.batch, g.out_shape, g.kernel, g.stride, g.dilation, max(per_position, 1))
     )
@@ -102,7 +102,7 @@ def _columns(x_pad: Any, g: ConvGeometry, tile: Tile, layout: str) -> Any:
     xp = get_array_module(x_pad)
     G, cig, nd = g.groups, g.in_channels // g.groups, g.ndim
     rows = cig * g.kernel_size
-    if layout == "sample" and _is_pointwise(g):
+    if layout == "sample" and is_pointwise(g):
         block = x_pad[_sel(tile, tile.in_box)]
         return block.reshape(tile.n, G, cig, -1)
     shape_c = (g.in_channels,) + g.kernel
@@ -224,7 +224,7 @@ def input_grad(dy: Any, w: Any, g: ConvGeometry, layout: str | None = None) -> A
     G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
     rows = cig * g.kernel_size
     wg_t = w.reshape(G, cog, rows).transpose(0, 2, 1)  # W̃ᵀ per group
-    if layout == "sample" and _is_pointwise(g):
+    if layout == "sample" and is_pointwise(g):
         # fold is the identity: write W̃ᵀ·δ straight into the gradient.
         dx = xp.empty((g.batch, g.in_channels) + g.padded_shape, dtype=dy.dtype)
         dxg = dx.reshape(g.batch, G, cig, -1)

@@ -43,8 +43,15 @@ from foldconv.functional._args import ConvGeometry
 from foldconv.functional.threads import parallel_map
 from foldconv.functional.workspace import scratch
 
-# Samples per block: one thread's unit of work, and the weight gradient's GEMM unit.
+# Samples per block at most: one thread's unit of work, and the weight gradient's GEMM
+# unit. Small layers take 8, so that per-call costs are spread over 8 samples' columns
+# (LeNet-5's conv2: 60 KB a sample); a block's columns stop at _BLOCK_BYTES, so that a
+# large layer's batch of 16 gives every thread blocks (AlexNet's conv2: 3.5 MB a sample,
+# one per block). Measured on AlexNet's layers at batch 16, two threads, 1 to 8 samples a
+# block ran each pass in the same time, within the noise (BENCHMARKS.md); what mattered
+# was VGG's batch of 8 at 29 MB a sample, which as one block left a thread idle: 2x.
 _BLOCK = 8
+_BLOCK_BYTES = 4 * 2**20
 
 
 class _Plan:
@@ -78,14 +85,25 @@ def _plan(g: ConvGeometry) -> _Plan:
     return _Plan(g)
 
 
-def _block(g: ConvGeometry) -> int:
-    return min(_BLOCK, max(1, g.batch))
+def _block(g: ConvGeometry, itemsize: int) -> int:
+    """Samples per block: a function of the geometry and dtype alone, never of the thread
+    count, so that the weight gradient's sum over blocks is the same for any."""
+    plan = _plan(g)
+    per_sample = max(1, plan.rows * plan.positions * itemsize)
+    most = max(1, min(_BLOCK, g.batch, _BLOCK_BYTES // per_sample))
+    count = max(1, -(-g.batch // most))
+    return max(1, -(-g.batch // count))  # as many blocks, as even as they can be
 
 
 def scratch_bytes(g: ConvGeometry, itemsize: int) -> int:
     """One thread's scratch: a block's columns, and δ's copy for the weight gradient."""
     plan = _plan(g)
-    return _block(g) * plan.positions * (plan.rows + g.out_channels) * itemsize
+    return _block(g, itemsize) * plan.positions * (plan.rows + g.out_channels) * itemsize
+
+
+def blocks(g: ConvGeometry, itemsize: int) -> int:
+    """How many blocks a batch is split into (the most threads a pass can use)."""
+    return len(_blocks(g, itemsize))
 
 
 def supports(g: ConvGeometry, itemsize: int = 4) -> bool:
@@ -154,8 +172,8 @@ def warm(dtype: Any) -> None:
     weight_grad(one, one, g)
 
 
-def _blocks(g: ConvGeometry) -> list[tuple[int, int]]:
-    b = _block(g)
+def _blocks(g: ConvGeometry, itemsize: int) -> list[tuple[int, int]]:
+    b = _block(g, itemsize)
     return [(n0, min(g.batch, n0 + b)) for n0 in range(0, g.batch, b)]
 
 
@@ -182,7 +200,7 @@ def forward(x_pad: Any, w: Any, g: ConvGeometry) -> Any:
         for j in range(G):
             np.matmul(wg[j], cols[:, j * rg : (j + 1) * rg], out=y[n0:n1, j * cog : (j + 1) * cog])
 
-    parallel_map(block, _blocks(g))
+    parallel_map(block, _blocks(g, x.dtype.itemsize))
     return y.reshape((g.batch, g.out_channels) + g.out_shape)
 
 
@@ -205,7 +223,7 @@ def input_grad(dy: Any, w: Any, g: ConvGeometry) -> Any:
             np.matmul(wt[j], d[n0:n1, j * cog : (j + 1) * cog], out=cols[:, j * rg : (j + 1) * rg])
         fold(cols, plan.row_starts, plan.offsets, plan.row_len, plan.step, dx, n0, n1)
 
-    parallel_map(block, _blocks(g))
+    parallel_map(block, _blocks(g, d.dtype.itemsize))
     return dx.reshape((g.batch, g.in_channels) + g.padded_shape)
 
 
@@ -217,7 +235,7 @@ def weight_grad(dy: Any, x_pad: Any, g: ConvGeometry) -> Any:
     rg = plan.rows // G
     x = _flat(x_pad, g.in_channels, g.batch)
     d = _flat(dy, g.out_channels, g.batch)
-    spans = _blocks(g)
+    spans = _blocks(g, x.dtype.itemsize)
     # Per block and group, X̃ · δᵀ (rows x C_out/G): both operands contiguous, and the
     # GEMM's long inner dimension (n · P) is the block's positions.
     partial = np.empty((len(spans), G, rg, cog), dtype=x.dtype)

@@ -1,0 +1,38 @@
+"""How long OpenBLAS's idle workers spin after a GEMM: set before NumPy loads OpenBLAS.
+
+After a multithreaded GEMM, OpenBLAS's worker threads keep polling for the next one for
+2^OPENBLAS_THREAD_TIMEOUT cycles (2^28 by default: about 0.1 s at 2.6 GHz) before they
+sleep. A training step follows nearly every GEMM with work of other kinds (a fold,
+pooling, LRN, an activation) that foldconv runs on its own threads, on the same cores:
+for that tenth of a second a spinning OpenBLAS worker takes a core from them. Measured on
+the 2-core machine of BENCHMARKS.md ("OpenBLAS's idle workers"): AlexNet's conv4, a
+Winograd forward then a compiled input gradient, 71-78 ms a pair against 49-57 ms with
+the workers sleeping at once (the two passes alone: 26-29 and 23-25 ms), and the paper
+AlexNet's training step 636 -> 569 ms. With nothing else to run between GEMMs the setting
+changed nothing measurable, alone or beside a busy process (same section).
+
+OpenBLAS reads the variable once, when it is loaded, so this works only if foldconv is
+imported before NumPy; the user's own value, if any, is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# 2^4 cycles, the least OpenBLAS accepts: sleep as soon as the work is done. (2^16 and
+# 2^20, 25 and 400 us, measured the same; waking a sleeping worker is microseconds
+# against a multithreaded GEMM's milliseconds: small GEMMs run on one thread.)
+THREAD_TIMEOUT = "4"
+
+
+def apply() -> bool:
+    """Set OPENBLAS_THREAD_TIMEOUT unless the user has; False when NumPy (and with it
+    OpenBLAS) is already loaded, so that the setting can no longer take effect."""
+    if "numpy" in sys.modules:
+        return False
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", THREAD_TIMEOUT)
+    return True
+
+
+APPLIED = apply()
