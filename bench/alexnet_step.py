@@ -11,6 +11,15 @@ and the peak minus the RSS after building the model (the memory the steps add).
 
     python bench/alexnet_step.py [--batch 16] [--repeats 3] [--full]
 
+``--who`` compares any contestants over ``--rounds`` rounds of fresh processes in turn
+(the order reversed every other round): ``ours``, ``torch``, ``ours@DIR`` (foldconv and
+this script from another source tree, e.g. a ``git worktree`` of an older commit) and
+``ours+KEY=VALUE`` (an environment variable for that contestant; ``OPENBLAS_THREAD_TIMEOUT``
+is removed from every contestant's environment unless given so):
+
+    python bench/alexnet_step.py --who ours@/tmp/base ours ours+OPENBLAS_THREAD_TIMEOUT=28 \
+        torch --rounds 5 --repeats 5
+
 PyTorch runs with ``torch.set_num_threads(2)``. On a shared machine the timings are noisy.
 """
 
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -129,6 +139,57 @@ def worker_torch(batch: int, repeats: int) -> dict:
     return {"times": times[1:], "loss": float(loss), "built_mib": built, "peak_mib": _rss_mib()}
 
 
+def _contestant(who: str, args: argparse.Namespace) -> dict:
+    name, *settings = who.split("+")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    script = __file__
+    if "@" in name:
+        name, tree = name.split("@", 1)
+        env["PYTHONPATH"] = os.path.join(tree, "src")
+        script = os.path.join(tree, "bench", os.path.basename(__file__))
+    for kv in settings:
+        key, _, value = kv.partition("=")
+        env[key] = value
+    cmd = [sys.executable, script, "--worker", name, "--batch", str(args.batch)]
+    cmd += ["--repeats", str(args.repeats), *(["--full"] if args.full else [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{who} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Every contestant in a fresh process per round, in turn; medians and ratios."""
+    steps: dict[str, list[float]] = {w: [] for w in args.who}
+    peaks: dict[str, list[float]] = {w: [] for w in args.who}
+    for r in range(args.rounds):
+        line = []
+        for who in args.who if r % 2 == 0 else args.who[::-1]:
+            out = _contestant(who, args)
+            steps[who].append(statistics.median(out["times"]))
+            peaks[who].append(out["peak_mib"])
+            line.append(f"{who} {1e3 * steps[who][-1]:.0f}")
+        print(f"# round {r}: " + ", ".join(line) + " ms", flush=True)
+    print(
+        f"AlexNet (paper) training step, batch {args.batch}; per round the median of "
+        f"{args.repeats} steps after a warm-up; {args.rounds} rounds"
+    )
+    ref = "torch" if "torch" in steps else None
+    print("| contestant | median of rounds ms | rounds ms | peak RSS MiB | / PyTorch per round |")
+    print("| --- | --- | --- | --- | --- |")
+    for who in args.who:
+        ms = [1e3 * t for t in steps[who]]
+        ratios = ""
+        if ref and who != ref:
+            per = [a / b for a, b in zip(steps[who], steps[ref], strict=True)]
+            ratios = f"{statistics.median(per):.2f} ({min(per):.2f}-{max(per):.2f})"
+        print(
+            f"| {who} | {statistics.median(ms):.1f} | {min(ms):.0f}-{max(ms):.0f} | "
+            f"{max(peaks[who]):.0f} | {ratios} |"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=16)
@@ -136,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--full", action="store_true", help="foldconv also computes the images' gradient"
     )
+    p.add_argument("--who", nargs="+", help="contestants compared in rounds (see above)")
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -145,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             out = worker_torch(args.batch, args.repeats)
         print(json.dumps(out))
         return 0
+    if args.who:
+        return compare(args)
     results = {}
     for name in ("ours", "torch"):
         proc = subprocess.run(

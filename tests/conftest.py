@@ -26,6 +26,10 @@ GPU = _gpu_usable()
 if not GPU:
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+# foldconv before NumPy, as the README asks (it sets OpenBLAS's idle spin, which decides
+# some of auto's choices: functional/dispatch.py), whatever order the tests import in.
+import foldconv  # noqa: E402, F401, I001
+
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(

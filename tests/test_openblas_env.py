@@ -80,3 +80,34 @@ def test_the_setting_is_a_default_and_comes_before_numpy():
     )
     out = subprocess.run([sys.executable, "-c", late], capture_output=True, text=True, env=env)
     assert out.stdout.split() == ["None", "False"]
+
+
+@pytest.mark.parametrize(
+    ("order", "value", "want"),
+    [
+        ("foldconv first", None, True),
+        ("numpy first", None, False),  # OpenBLAS's default spin
+        ("numpy first", "4", True),  # the user's own short setting
+        ("numpy first", "20", True),
+        ("foldconv first", "28", False),
+        ("foldconv first", "soon", False),
+    ],
+)
+def test_workers_sleep_says_what_openblas_was_given(order, value, want):
+    code = (
+        "import sys\n"
+        "if sys.argv[1] == 'numpy first':\n"
+        "    import numpy\n"
+        "from foldconv import _openblas_env\n"
+        "print(_openblas_env.workers_sleep())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if value is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = value
+    out = subprocess.run(
+        [sys.executable, "-c", code, order], capture_output=True, text=True, env=env, check=True
+    )
+    import threadpoolctl
+
+    openblas = any(i["internal_api"] == "openblas" for i in threadpoolctl.threadpool_info())
+    assert out.stdout.strip() == str(want and openblas)

@@ -17,6 +17,7 @@ imported before NumPy; the user's own value, if any, is kept.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -33,6 +34,36 @@ def apply() -> bool:
         return False
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", THREAD_TIMEOUT)
     return True
+
+
+# Up to 2^20 cycles (0.4 ms at 2.6 GHz) counts as sleeping at once.
+SHORT_TIMEOUT = 20
+
+
+@functools.cache
+def workers_sleep() -> bool:
+    """Whether NumPy's BLAS is OpenBLAS with workers that sleep as soon as a GEMM is done
+    (OPENBLAS_THREAD_TIMEOUT at most SHORT_TIMEOUT: set by ``import foldconv`` before
+    NumPy, or by the user).
+
+    False with OpenBLAS's default (NumPy imported before foldconv, the variable unset) and
+    with another BLAS, whose threads may wait actively too (MKL's for 200 ms): then a
+    multithreaded GEMM leaves a spinning worker on a core, and blocks of samples on
+    foldconv's own threads right after it run slower than one GEMM on BLAS's threads
+    (dispatch's cost model asks this). Read once per process, as OpenBLAS reads it.
+    """
+    value = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "").strip()
+    try:
+        if int(value) > SHORT_TIMEOUT:
+            return False
+    except ValueError:
+        return False
+    import threadpoolctl  # noqa: PLC0415 - only when asked
+
+    return any(
+        info.get("user_api") == "blas" and info.get("internal_api") == "openblas"
+        for info in threadpoolctl.threadpool_info()
+    )
 
 
 APPLIED = apply()

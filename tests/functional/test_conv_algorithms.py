@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import foldconv
+from foldconv import _openblas_env
 from foldconv.functional import (
     _args,
     conv,
@@ -265,14 +266,20 @@ def test_transposed_convolution_runs_every_fast_path():
         assert rel_err(a, b) <= 1e-10
 
 
-@pytest.mark.parametrize(("compiled", "cores"), [(True, 2), (True, 64), (False, 2)])
-def test_cost_model_on_the_suite(monkeypatch, compiled, cores):
+@pytest.mark.parametrize(
+    ("compiled", "cores", "sleep"),
+    [(True, 2, True), (True, 64, True), (False, 2, True), (True, 2, False)],
+)
+def test_cost_model_on_the_suite(monkeypatch, compiled, cores, sleep):
+    """``sleep``: whether OpenBLAS's idle workers sleep at once (foldconv/_openblas_env.py)."""
     if compiled:
         pytest.importorskip("numba")
     monkeypatch.setattr(dispatch, "available_cores", lambda: cores)
+    monkeypatch.setattr(_openblas_env, "workers_sleep", lambda: sleep)
     previous = foldconv.set_compiled(compiled)
     try:
-        _check_cost_model_on_the_suite("im2col_compiled" if compiled and cores == 2 else "im2col")
+        blocks = compiled and cores == 2 and sleep
+        _check_cost_model_on_the_suite("im2col_compiled" if blocks else "im2col")
     finally:
         foldconv.set_compiled(previous)
 

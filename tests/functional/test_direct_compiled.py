@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import foldconv
+from foldconv import _openblas_env
 from foldconv.functional import (
     _args,
     conv,
@@ -192,6 +193,7 @@ def test_empty_batch():
 def test_auto_uses_it_for_small_layers_only(monkeypatch):
     f32 = np.dtype(np.float32)
     monkeypatch.setattr(dispatch, "available_cores", lambda: 2)
+    monkeypatch.setattr(_openblas_env, "workers_sleep", lambda: True)
 
     def geometry(n, c, o, size, k, s=1, p=0, groups=1):
         return _args.conv_geometry((n, c) + size, (o, c // groups, k, k), s, p, 1, groups, "zeros")

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from foldconv import _openblas_env
 from foldconv._config import get_workspace_limit
 from foldconv.backend import get_array_module, gpu_path
 from foldconv.functional import (
@@ -270,6 +271,7 @@ def cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
         compiled.get_compiled(),
         get_workspace_limit(),
         available_cores(),
+        _openblas_env.workers_sleep(),
     )
     name = _COSTED.get(key)
     if name is None:
@@ -316,9 +318,12 @@ def _cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
     # over the whole batch on BLAS's threads wherever the batch gives every core blocks:
     # AlexNet's five layers at batch 16, ResNet's strided 3x3, a dilated 3x3, a 7x7 stem
     # (BENCHMARKS.md, "Blocks of samples"). Not a 1x1 stride-1 layer, whose im2col reads
-    # the input as its columns with no copy at all.
+    # the input as its columns with no copy at all. Only where OpenBLAS's idle workers
+    # sleep at once: a worker still spinning after another layer's multithreaded GEMM
+    # takes a core from the blocks (AlexNet's step 764 ms against 653 for im2col then).
     blocks = (
-        "im2col_compiled" in options
+        _openblas_env.workers_sleep()
+        and "im2col_compiled" in options
         and not im2col.is_pointwise(g)
         and im2col_compiled.blocks(g, dtype.itemsize) >= available_cores()
     )
