@@ -5,11 +5,12 @@ After a multithreaded GEMM, OpenBLAS's worker threads keep polling for the next 
 sleep. A training step follows nearly every GEMM with work of other kinds (a fold,
 pooling, LRN, an activation) that foldconv runs on its own threads, on the same cores:
 for that tenth of a second a spinning OpenBLAS worker takes a core from them. Measured on
-the 2-core machine of BENCHMARKS.md ("OpenBLAS's idle workers"): AlexNet's conv4, a
-Winograd forward then a compiled input gradient, 71-78 ms a pair against 49-57 ms with
-the workers sleeping at once (the two passes alone: 26-29 and 23-25 ms), and the paper
-AlexNet's training step 636 -> 569 ms. With nothing else to run between GEMMs the setting
-changed nothing measurable, alone or beside a busy process (same section).
+the 2-core machine of BENCHMARKS.md ("The fourth pass"): AlexNet's conv4, a Winograd
+forward then a compiled input gradient, 71-78 ms a pair against 49-57 ms with the
+workers sleeping at once (the two passes alone: 26-29 and 23-25 ms), and the paper
+AlexNet's training step 675 -> 543 ms (median of 5 rounds each, in turn). GEMMs alone,
+with nothing after them, took the same time with any setting, idle or beside a busy
+process (same section).
 
 OpenBLAS reads the variable once, when it is loaded, so this works only if foldconv is
 imported before NumPy; the user's own value, if any, is kept.

@@ -317,10 +317,11 @@ def _cost_model(pass_: str, g: ConvGeometry, dtype: Any) -> str:
     # Blocks of samples over foldconv's pool, BLAS on one thread under each, beat one GEMM
     # over the whole batch on BLAS's threads wherever the batch gives every core blocks:
     # AlexNet's five layers at batch 16, ResNet's strided 3x3, a dilated 3x3, a 7x7 stem
-    # (BENCHMARKS.md, "Blocks of samples"). Not a 1x1 stride-1 layer, whose im2col reads
+    # (BENCHMARKS.md, "The fourth pass"). Not a 1x1 stride-1 layer, whose im2col reads
     # the input as its columns with no copy at all. Only where OpenBLAS's idle workers
     # sleep at once: a worker still spinning after another layer's multithreaded GEMM
-    # takes a core from the blocks (AlexNet's step 764 ms against 653 for im2col then).
+    # takes a core from the blocks (AlexNet's step 764 ms against 653 for the GEMMs on
+    # BLAS's threads then).
     blocks = (
         _openblas_env.workers_sleep()
         and "im2col_compiled" in options

@@ -1,4 +1,4 @@
-"""im2col with a compiled unfold and fold (Numba): small layers at the BLAS rate.
+"""im2col with a compiled unfold and fold (Numba), a block of samples per thread.
 
 The seed's vectorised form (eqs. F, BW, BX) with the columns of one block of samples
 built by a compiled loop, held in cache, and multiplied by OpenBLAS one sample at a time:
@@ -19,13 +19,18 @@ compiled direct sums (functional/direct_compiled.py) also compute the flat range
 positions that are not outputs (136 for 100 here).
 Batch 64, two threads, ms, each pass alone: input gradient 0.47 against 0.57-0.62
 for direct_compiled, forward 0.41-0.52 against 0.36-0.39, weight gradient a tie; so
-'auto' gives it the input gradient (dispatch.cost_model).
+'auto' gives it the input gradient (dispatch.cost_model). In large layers (AlexNet's at
+batch 16) independent blocks on foldconv's threads, each with its own single-threaded
+GEMMs, beat one GEMM over the whole batch on OpenBLAS's threads in all three passes
+(conv1's forward 24-25 against 31 ms, conv2's 44 against 56; BENCHMARKS.md, "The fourth
+pass"), and 'auto' takes them where the batch gives each core a block.
 
-Samples are split in blocks of ``_BLOCK`` over foldconv's thread pool, each thread
-unfolding into its own scratch and calling single-threaded BLAS; the GEMMs and the
-compiled loops release the GIL. The weight gradient's blocks are fixed by the batch
-alone and summed in order, and every GEMM has the same shape whichever thread runs it,
-so results do not depend on the thread count.
+Samples are split in blocks (at most ``_BLOCK`` samples and ``_BLOCK_BYTES`` of columns,
+as even as they go) over foldconv's thread pool, each thread unfolding into its own
+scratch and calling single-threaded BLAS; the GEMMs and the compiled loops release the
+GIL. The blocks are fixed by the geometry and dtype alone, the weight gradient's summed
+in order, and every GEMM has the same shape whichever thread runs it, so results do not
+depend on the thread count.
 """
 
 from __future__ import annotations
