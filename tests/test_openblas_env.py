@@ -91,13 +91,17 @@ def test_the_setting_is_a_default_and_comes_before_numpy():
         ("numpy first", "20", True),
         ("foldconv first", "28", False),
         ("foldconv first", "soon", False),
+        # Set in the process after NumPy loaded OpenBLAS: too late, not believed.
+        ("numpy first, then set", None, False),
     ],
 )
 def test_workers_sleep_says_what_openblas_was_given(order, value, want):
     code = (
         "import sys\n"
-        "if sys.argv[1] == 'numpy first':\n"
+        "if sys.argv[1].startswith('numpy first'):\n"
         "    import numpy\n"
+        "if sys.argv[1] == 'numpy first, then set':\n"
+        "    import os; os.environ['OPENBLAS_THREAD_TIMEOUT'] = '4'\n"
         "from foldconv import _openblas_env\n"
         "print(_openblas_env.workers_sleep())"
     )

@@ -28,13 +28,34 @@ import sys
 THREAD_TIMEOUT = "4"
 
 
-def apply() -> bool:
-    """Set OPENBLAS_THREAD_TIMEOUT unless the user has; False when NumPy (and with it
-    OpenBLAS) is already loaded, so that the setting can no longer take effect."""
+VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
+
+
+def _initial_value() -> str | None:
+    """The variable in the environment this process started with (Linux: not changes
+    made since, e.g. by ``os.environ`` after NumPy was imported), else the current one."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            entries = f.read().split(b"\0")
+    except OSError:
+        return os.environ.get(VARIABLE)
+    prefix = VARIABLE.encode() + b"="
+    for entry in entries:
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode(errors="replace")
+    return None
+
+
+def apply() -> tuple[bool, str | None]:
+    """Set OPENBLAS_THREAD_TIMEOUT unless the user has. Returns whether foldconv came
+    before NumPy (False: OpenBLAS is loaded already and the setting can no longer take
+    effect), and the value OpenBLAS reads or read: this process's starting value when
+    NumPy came first (the best guess; a change made in the process before NumPy's import
+    is not seen, and is taken as absent)."""
     if "numpy" in sys.modules:
-        return False
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", THREAD_TIMEOUT)
-    return True
+        return False, _initial_value()
+    os.environ.setdefault(VARIABLE, THREAD_TIMEOUT)
+    return True, os.environ[VARIABLE]
 
 
 # Up to 2^20 cycles (0.4 ms at 2.6 GHz) counts as sleeping at once.
@@ -51,11 +72,11 @@ def workers_sleep() -> bool:
     with another BLAS, whose threads may wait actively too (MKL's for 200 ms): then a
     multithreaded GEMM leaves a spinning worker on a core, and blocks of samples on
     foldconv's own threads right after it run slower than one GEMM on BLAS's threads
-    (dispatch's cost model asks this). Read once per process, as OpenBLAS reads it.
+    (dispatch's cost model asks this). The value is the one :func:`apply` saw when
+    foldconv was imported, as OpenBLAS reads it once.
     """
-    value = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "").strip()
     try:
-        if int(value) > SHORT_TIMEOUT:
+        if int((_SEEN or "").strip()) > SHORT_TIMEOUT:
             return False
     except ValueError:
         return False
@@ -67,4 +88,4 @@ def workers_sleep() -> bool:
     )
 
 
-APPLIED = apply()
+APPLIED, _SEEN = apply()
