@@ -35,16 +35,20 @@ print(time.process_time() - c0)
 """
 
 
-def _spin_cpu(order: str, **env: str) -> float:
-    full = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+def _run(code: str, *args: str, setting: str | None = None) -> str:
+    """stdout of ``python -c code *args``, with OPENBLAS_THREAD_TIMEOUT set to ``setting``
+    (absent when None) whatever this process's environment holds."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if setting is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = setting
     proc = subprocess.run(
-        [sys.executable, "-c", SPIN_CPU, order],
-        capture_output=True,
-        text=True,
-        env={**full, **env},
-        check=True,
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=True
     )
-    out = proc.stdout.strip()
+    return proc.stdout.strip()
+
+
+def _spin_cpu(order: str, setting: str | None = None) -> float:
+    out = _run(SPIN_CPU, order, setting=setting)
     if out == "not openblas":
         pytest.skip("NumPy's BLAS is not OpenBLAS here")
     return float(out)
@@ -56,7 +60,7 @@ def test_openblas_workers_sleep_after_a_gemm_when_foldconv_comes_first():
     # Controls: the measurement sees spinning workers, with OpenBLAS's default (NumPy
     # loaded before foldconv could set anything) and with the user's own setting kept.
     assert _spin_cpu("numpy first") > 0.03
-    assert _spin_cpu("foldconv first", OPENBLAS_THREAD_TIMEOUT="28") > 0.03
+    assert _spin_cpu("foldconv first", setting="28") > 0.03
 
 
 def test_the_setting_is_a_default_and_comes_before_numpy():
@@ -64,22 +68,13 @@ def test_the_setting_is_a_default_and_comes_before_numpy():
         "import os, sys; import foldconv; "
         "print(os.environ['OPENBLAS_THREAD_TIMEOUT'], foldconv._openblas_env.APPLIED)"
     )
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.stdout.split() == ["4", "True"]
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**env, "OPENBLAS_THREAD_TIMEOUT": "20"},
-    )
-    assert out.stdout.split() == ["20", "True"]
+    assert _run(code).split() == ["4", "True"]
+    assert _run(code, setting="20").split() == ["20", "True"]
     late = (
         "import numpy, os; import foldconv; "
         "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), foldconv._openblas_env.APPLIED)"
     )
-    out = subprocess.run([sys.executable, "-c", late], capture_output=True, text=True, env=env)
-    assert out.stdout.split() == ["None", "False"]
+    assert _run(late).split() == ["None", "False"]
 
 
 @pytest.mark.parametrize(
@@ -105,13 +100,8 @@ def test_workers_sleep_says_what_openblas_was_given(order, value, want):
         "from foldconv import _openblas_env\n"
         "print(_openblas_env.workers_sleep())"
     )
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    if value is not None:
-        env["OPENBLAS_THREAD_TIMEOUT"] = value
-    out = subprocess.run(
-        [sys.executable, "-c", code, order], capture_output=True, text=True, env=env, check=True
-    )
+    out = _run(code, order, setting=value)
     import threadpoolctl
 
     openblas = any(i["internal_api"] == "openblas" for i in threadpoolctl.threadpool_info())
-    assert out.stdout.strip() == str(want and openblas)
+    assert out == str(want and openblas)
